@@ -1,0 +1,63 @@
+"""Asyncio client, bulk registrar and local emulator for MTS custom-face registration."""
+
+from ._client import CUSTOM_FACE_REGIONS, MtsFaceClient, endpoint_for_region
+from ._credentials import Credentials
+from ._exceptions import (
+    AmbiguousOutcomeError,
+    APIError,
+    AuthenticationError,
+    ConfigurationError,
+    CredentialsError,
+    InvalidParameterError,
+    MtsFacesError,
+    NotFoundError,
+    ResponseFormatError,
+    ServerError,
+    ThrottlingError,
+    TransportError,
+    ValidationError,
+)
+from ._limiter import Limiter
+from ._models import (
+    Acknowledgement,
+    Category,
+    CustomPersons,
+    Face,
+    Person,
+    RegisteredFace,
+)
+from ._operations import MAX_FACES_PER_PERSON, MAX_ID_LENGTH
+from ._retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CUSTOM_FACE_REGIONS",
+    "MAX_FACES_PER_PERSON",
+    "MAX_ID_LENGTH",
+    "APIError",
+    "Acknowledgement",
+    "AmbiguousOutcomeError",
+    "AuthenticationError",
+    "Category",
+    "ConfigurationError",
+    "Credentials",
+    "CredentialsError",
+    "CustomPersons",
+    "Face",
+    "InvalidParameterError",
+    "Limiter",
+    "MtsFaceClient",
+    "MtsFacesError",
+    "NotFoundError",
+    "Person",
+    "RegisteredFace",
+    "ResponseFormatError",
+    "RetryPolicy",
+    "ServerError",
+    "ThrottlingError",
+    "TransportError",
+    "ValidationError",
+    "__version__",
+    "endpoint_for_region",
+]

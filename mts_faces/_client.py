@@ -1,0 +1,391 @@
+"""``MtsFaceClient``: the client options and the one request path every operation takes.
+
+Path of a call: validate the input (``_operations``), take a concurrency slot and a rate-limit
+slot, sign with a fresh nonce and timestamp (``_signing``), send (``_http``), then parse the
+answer or classify the error, and retry what is safe to retry (``_retry``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import random
+import ssl
+import time
+import uuid
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from ._credentials import Credentials, resolve_credentials
+from ._exceptions import (
+    AmbiguousOutcomeError,
+    APIError,
+    ConfigurationError,
+    MtsFacesError,
+    ResponseFormatError,
+    ServerError,
+    ThrottlingError,
+    TransportError,
+    api_error,
+)
+from ._http import HttpTransport, RawResponse
+from ._limiter import BucketLimiter, Limiter
+from ._models import Acknowledgement, CustomPersons, RegisteredFace
+from ._operations import (
+    API_VERSION,
+    LIST_CUSTOM_PERSONS,
+    REGISTER_CUSTOM_FACE,
+    TAG_CUSTOM_PERSON,
+    UNREGISTER_CUSTOM_FACE,
+    Operation,
+)
+from ._retry import RetryPolicy, parse_retry_after
+from ._signing import (
+    EMPTY_BODY_SHA256,
+    canonical_query,
+    percent_encode,
+    v1_signature,
+    v3_authorization,
+)
+
+logger = logging.getLogger("mts_faces")
+
+CUSTOM_FACE_REGIONS = frozenset({"cn-beijing", "cn-shanghai", "cn-hangzhou"})
+DEFAULT_REGION = "cn-shanghai"
+DEFAULT_QPS = 100.0
+USER_AGENT = "mts-faces/0.1"
+
+
+def endpoint_for_region(region_id: str, *, vpc: bool = False) -> str:
+    """``https://mts.<region>.aliyuncs.com`` (or ``mts-vpc.`` inside an Alibaba VPC)."""
+    if region_id not in CUSTOM_FACE_REGIONS:
+        raise ConfigurationError(
+            f"region_id {region_id!r} does not offer custom faces; use one of "
+            f"{', '.join(sorted(CUSTOM_FACE_REGIONS))}, or pass an explicit endpoint="
+        )
+    host = "mts-vpc" if vpc else "mts"
+    return f"https://{host}.{region_id}.aliyuncs.com"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(endpoint: str, *, allow_insecure_http: bool) -> str:
+    """Normalise ``endpoint`` to ``scheme://host[:port]``; refuse plain http off loopback."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"endpoint must be an http(s) URL with a host, got {endpoint!r}")
+    if parts.path not in ("", "/") or parts.query:
+        raise ConfigurationError(f"endpoint must have no path or query, got {endpoint!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"refusing plain http to {parts.hostname}: credentials and faces would travel "
+            "unencrypted; use https, or pass allow_insecure_http=True to opt in"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class MtsFaceClient:
+    """Async client for the MTS custom-face operations; use it as ``async with``.
+
+    Every attempt takes a slot from one rate limiter (default: the account quota of 100 calls
+    per second) and runs on one pooled set of keep-alive connections.
+    """
+
+    def __init__(
+        self,
+        *,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
+        security_token: str | None = None,
+        credentials: Credentials | None = None,
+        region_id: str = DEFAULT_REGION,
+        endpoint: str | None = None,
+        vpc: bool = False,
+        allow_insecure_http: bool = False,
+        signature_version: Literal[1, 3] = 3,
+        qps: float = DEFAULT_QPS,
+        limiter: Limiter | None = None,
+        max_retries: int = 3,
+        backoff_base: float = 0.2,
+        backoff_max: float = 8.0,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        max_connections: int = 64,
+        verify: bool | str | ssl.SSLContext = True,
+        transport: HttpTransport | None = None,
+    ) -> None:
+        if signature_version not in (1, 3):
+            raise ConfigurationError(f"signature_version must be 1 or 3, got {signature_version!r}")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
+        if qps <= 0:
+            raise ConfigurationError(f"qps must be > 0, got {qps}")
+        self.credentials = resolve_credentials(
+            access_key_id, access_key_secret, security_token, credentials
+        )
+        self.region_id = region_id
+        self.endpoint = (
+            check_endpoint(endpoint, allow_insecure_http=allow_insecure_http)
+            if endpoint is not None
+            else endpoint_for_region(region_id, vpc=vpc)
+        )
+        self._host = urlsplit(self.endpoint).netloc
+        self.signature_version = signature_version
+        self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.limiter: Limiter = limiter if limiter is not None else BucketLimiter(qps)
+        self.max_connections = max_connections
+        # Calls wait here for a connection *before* taking a rate slot, so a slot is never
+        # spent while the call queues for the pool (that would bunch requests at the server).
+        self._slots = asyncio.Semaphore(max_connections)
+        self._transport = transport or HttpTransport(
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            verify=verify,
+        )
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return (
+            f"MtsFaceClient(endpoint={self.endpoint!r}, "
+            f"access_key_id={self.credentials.access_key_id!r}, "
+            f"signature_version={self.signature_version})"
+        )
+
+    async def __aenter__(self) -> MtsFaceClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._transport.aclose()
+
+    # --- operations ------------------------------------------------------------------------
+
+    async def register_custom_face(
+        self, category_id: str, person_id: str, image_url: str, person_name: str | None = None
+    ) -> RegisteredFace:
+        """Register one face image for a person; never retried blindly once sent.
+
+        Raises :class:`AmbiguousOutcomeError` when the face may or may not have been stored.
+        """
+        result: RegisteredFace = await self.call(
+            REGISTER_CUSTOM_FACE,
+            category_id=category_id,
+            person_id=person_id,
+            image_url=image_url,
+            person_name=person_name,
+        )
+        return result
+
+    async def unregister_custom_face(
+        self, category_id: str, person_id: str, face_id: str
+    ) -> Acknowledgement:
+        """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library."""
+        result: Acknowledgement = await self.call(
+            UNREGISTER_CUSTOM_FACE, category_id=category_id, person_id=person_id, face_id=face_id
+        )
+        return result
+
+    async def list_custom_persons(
+        self, category_id: str | None = None, person_id: str | None = None
+    ) -> CustomPersons:
+        """List libraries, persons and faces, optionally narrowed to one library or person."""
+        result: CustomPersons = await self.call(
+            LIST_CUSTOM_PERSONS, category_id=category_id, person_id=person_id
+        )
+        return result
+
+    async def tag_custom_person(
+        self,
+        category_id: str,
+        person_id: str,
+        *,
+        person_name: str | None = None,
+        person_description: str | None = None,
+        category_name: str | None = None,
+        category_description: str | None = None,
+    ) -> Acknowledgement:
+        """Set the names and descriptions of a person and of its library."""
+        result: Acknowledgement = await self.call(
+            TAG_CUSTOM_PERSON,
+            category_id=category_id,
+            person_id=person_id,
+            person_name=person_name,
+            person_description=person_description,
+            category_name=category_name,
+            category_description=category_description,
+        )
+        return result
+
+    # --- the one request path --------------------------------------------------------------
+
+    async def call(self, operation: Operation, **values: str | None) -> Any:
+        """Validate, send with retries, and parse one operation; the typed methods use this."""
+        params = operation.build_params(values)
+        retry = 0
+        while True:
+            try:
+                body = await self._attempt(operation, params, retry + 1)
+                return operation.parse(body)
+            except MtsFacesError as exc:
+                if not self._may_retry(operation, exc) or retry >= self.retry_policy.max_retries:
+                    final = self._final_error(operation, exc)
+                    if final is exc:
+                        raise
+                    raise final from exc
+                retry += 1
+                retry_after = exc.retry_after if isinstance(exc, ThrottlingError) else None
+                wait = self.retry_policy.delay(retry, retry_after, self._rng)
+                logger.info(
+                    "%s retry %d/%d in %.3fs after %s",
+                    operation.action,
+                    retry,
+                    self.retry_policy.max_retries,
+                    wait,
+                    _short(exc),
+                )
+                await asyncio.sleep(wait)
+
+    async def _attempt(
+        self, operation: Operation, params: dict[str, str], attempt: int
+    ) -> dict[str, Any]:
+        async with self._slots:
+            await self.limiter.acquire()
+            # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
+            url, headers = self._sign(operation.action, params)
+            started = time.perf_counter()
+            try:
+                response = await self._transport.post(url, headers)
+            except TransportError as exc:
+                logger.warning(
+                    "%s attempt %d failed after %.1f ms: %s",
+                    operation.action,
+                    attempt,
+                    (time.perf_counter() - started) * 1000,
+                    exc,
+                )
+                raise
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        body = self._decode(response)
+        request_id = body.get("RequestId") if isinstance(body, dict) else None
+        logger.debug(
+            "%s attempt %d status %d request_id %s in %.1f ms",
+            operation.action,
+            attempt,
+            response.status,
+            request_id,
+            elapsed_ms,
+        )
+        if 200 <= response.status < 300 and isinstance(body, dict) and "Code" not in body:
+            self.limiter.on_success()
+            return body
+        error = self._api_error(body, response)
+        if isinstance(error, ThrottlingError):
+            self.limiter.on_throttled()
+        else:
+            self.limiter.on_success()
+        raise error
+
+    def _sign(self, action: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:
+        creds = self.credentials
+        timestamp = utc_timestamp()
+        nonce = new_nonce()
+        headers = {"user-agent": USER_AGENT, "host": self._host}
+        if self.signature_version == 3:
+            signed = {
+                "host": self._host,
+                "x-acs-action": action,
+                "x-acs-version": API_VERSION,
+                "x-acs-date": timestamp,
+                "x-acs-signature-nonce": nonce,
+                "x-acs-content-sha256": EMPTY_BODY_SHA256,
+            }
+            if creds.security_token:
+                signed["x-acs-security-token"] = creds.security_token
+            signed["authorization"] = v3_authorization(
+                "POST", params, signed, creds.access_key_id, creds.access_key_secret
+            )
+            headers.update(signed)
+            return f"{self.endpoint}/?{canonical_query(params)}", headers
+        query = {
+            **params,
+            "Action": action,
+            "Version": API_VERSION,
+            "Format": "json",
+            "AccessKeyId": creds.access_key_id,
+            "SignatureMethod": "HMAC-SHA1",
+            "SignatureVersion": "1.0",
+            "SignatureNonce": nonce,
+            "Timestamp": timestamp,
+        }
+        if creds.security_token:
+            query["SecurityToken"] = creds.security_token
+        signature = v1_signature("POST", query, creds.access_key_secret)
+        url = f"{self.endpoint}/?{canonical_query(query)}&Signature={percent_encode(signature)}"
+        return url, headers
+
+    def _decode(self, response: RawResponse) -> Any:
+        try:
+            return json.loads(response.body) if response.body else {}
+        except ValueError:
+            if 200 <= response.status < 300:
+                raise ResponseFormatError(
+                    f"answer with HTTP {response.status} is not JSON: {response.body[:200]!r}"
+                ) from None
+            return {}
+
+    def _api_error(self, body: Any, response: RawResponse) -> APIError:
+        error = api_error(body, response.status, self.credentials.redact)
+        if isinstance(error, ThrottlingError):
+            error.retry_after = parse_retry_after(response.headers.get("x-acs-retry-after"))
+        return error
+
+    @staticmethod
+    def _may_retry(operation: Operation, exc: MtsFacesError) -> bool:
+        if isinstance(exc, TransportError):
+            return not exc.request_sent or operation.idempotent
+        if isinstance(exc, APIError):
+            if not exc.retryable:
+                return False
+            # InternalError may come after the work was done: only idempotent calls repeat it.
+            return operation.idempotent or not _may_have_acted(exc)
+        return False
+
+    @staticmethod
+    def _final_error(operation: Operation, exc: MtsFacesError) -> MtsFacesError:
+        if not operation.idempotent:
+            sent_no_answer = isinstance(exc, TransportError) and exc.request_sent
+            if sent_no_answer or (isinstance(exc, APIError) and _may_have_acted(exc)):
+                return AmbiguousOutcomeError(operation.action, exc)
+        return exc
+
+
+def utc_timestamp() -> str:
+    """The current UTC time as the service wants it: ``YYYY-MM-DDThh:mm:ssZ``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def new_nonce() -> str:
+    """A fresh random ``SignatureNonce``; the service refuses a nonce it has seen."""
+    return uuid.uuid4().hex
+
+
+def _may_have_acted(exc: APIError) -> bool:
+    # ServiceUnavailable means the call was turned away; any other 5xx may follow the work.
+    return isinstance(exc, ServerError) and exc.code != "ServiceUnavailable"
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
