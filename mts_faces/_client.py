@@ -142,7 +142,10 @@ class MtsFaceClient:
         self.signature_version = signature_version
         self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
         self.limiter: Limiter = limiter if limiter is not None else BucketLimiter(qps)
+        self.qps = qps
         self.max_connections = max_connections
+        self.attempts = 0
+        """Attempts sent so far (every retry counts): what the account quota is charged."""
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
         # spent while the call queues for the pool (that would bunch requests at the server).
         self._slots = asyncio.Semaphore(max_connections)
@@ -265,6 +268,7 @@ class MtsFaceClient:
             await self.limiter.acquire()
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
             url, headers = self._sign(operation.action, params)
+            self.attempts += 1
             started = time.perf_counter()
             try:
                 response = await self._transport.post(url, headers)
