@@ -51,7 +51,7 @@ async def test_cap_counts_input_and_existing_faces_case_insensitively() -> None:
     await run(client, rows(1, 4, category="Cat"))  # 4 faces exist for person p0
     data = [FaceRow("CAT", "P0", f"https://img.example/new/{i}.jpg") for i in range(8)]
     data += [FaceRow("cat", "p1", f"https://img.example/p1/{i}.jpg") for i in range(12)]
-    registrar, outcomes = await run(client, data)
+    _registrar, outcomes = await run(client, data)
     p0 = sorted((o for o in outcomes if o.row.row <= 8), key=lambda o: o.row.row)
     assert [o.status for o in p0] == ["registered"] * 6 + ["skipped"] * 2
     assert all("at most 10" in (o.reason or "") for o in by_status(p0, "skipped"))
@@ -76,7 +76,7 @@ async def test_check_existing_can_be_turned_off() -> None:
 async def test_duplicates_and_existing_faces_are_not_registered_again() -> None:
     client = FakeClient()
     data = rows(2, 3) + rows(2, 3)  # every row twice
-    registrar, outcomes = await run(client, data)
+    _registrar, outcomes = await run(client, data)
     assert len(by_status(outcomes, "registered")) == 6
     dups = by_status(outcomes, "skipped")
     assert len(dups) == 6 and all("duplicate of row" in (o.reason or "") for o in dups)
@@ -138,7 +138,8 @@ async def test_journal_in_flight_rows_are_reconciled(tmp_path: Path) -> None:
     lost = FaceRow("cat", "p", "https://x/never.jpg")
     await client.register_custom_face("cat", "p", stored.image_url)
     lines = [
-        {"v": 1, "event": "start", "key": r.row_key, "row": i + 1} for i, r in enumerate((stored, lost))
+        {"v": 1, "event": "start", "key": r.row_key, "row": i + 1}
+        for i, r in enumerate((stored, lost))
     ]
     journal.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     for check in (False, True):
@@ -158,7 +159,7 @@ async def test_progress_callback_and_streaming_async_input() -> None:
             yield row
 
     client = FakeClient()
-    registrar, outcomes = await run(
+    _registrar, outcomes = await run(
         client, source(), progress=lambda p: seen.append(p.done), total=20
     )
     assert len(outcomes) == 20
