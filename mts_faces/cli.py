@@ -1,10 +1,348 @@
-"""The ``mts-faces`` command: each subcommand lives in the module that owns its job."""
+"""The ``mts-faces`` command: register, list, unregister, demo, and emulate.
+
+Exit status: 0 when every row ended registered or skipped, 1 when any row failed, 2 for a
+usage or configuration error, 130 when interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from ._client import DEFAULT_QPS, DEFAULT_REGION, MtsFaceClient
+from ._credentials import Credentials
+from ._exceptions import MtsFacesError
+from ._progress import ProgressBar
+from .manifest import BadRow, ManifestEntry, read_manifest
+from .registrar import Registrar, RegistrationReport
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class StrictModeStop(MtsFacesError):
+    """``--strict``: the first bad row stops the run."""
+
+
+# --- shared options ---------------------------------------------------------------------------
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("service")
+    group.add_argument("--endpoint", help="explicit endpoint URL (e.g. the emulator's)")
+    group.add_argument("--region", default=DEFAULT_REGION, help="region (default %(default)s)")
+    group.add_argument("--vpc", action="store_true", help="use the VPC endpoint of the region")
+    group.add_argument("--qps", type=float, default=DEFAULT_QPS, help="calls per second cap")
+    group.add_argument("--signature-version", type=int, choices=(1, 3), default=3)
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http to a non-loopback endpoint (credentials travel unencrypted)",
+    )
+    group.add_argument("--ca-file", help="trust this CA bundle (e.g. a test emulator's)")
+
+
+def _client_from_args(args: argparse.Namespace, **overrides: Any) -> MtsFaceClient:
+    options: dict[str, Any] = dict(
+        region_id=args.region,
+        endpoint=args.endpoint,
+        vpc=args.vpc,
+        qps=args.qps,
+        signature_version=args.signature_version,
+        allow_insecure_http=args.allow_insecure_http,
+    )
+    if args.ca_file:
+        options["verify"] = args.ca_file
+    options.update(overrides)
+    return MtsFaceClient(**options)
+
+
+# --- register ---------------------------------------------------------------------------------
+
+
+def _open_manifest(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    return open(path, "rb")
+
+
+def _count_rows(path: str, fmt: str | None) -> int | None:
+    """Data rows in a manifest file, for the progress bar (None for stdin)."""
+    if path == "-" or not os.path.isfile(path):
+        return None
+    count = 0
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+        handle.seek(0)
+        for line in handle:
+            if line.strip():
+                count += 1
+    # Same sniffing as read_manifest: JSON Lines start with an object, CSV has a header line.
+    is_csv = fmt == "csv" or (
+        fmt is None and not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
+    )
+    return max(0, count - 1) if is_csv else count
+
+
+async def _in_thread(
+    entries: Iterator[ManifestEntry], chunk: int = 512
+) -> AsyncIterator[ManifestEntry]:
+    """Pull rows in a worker thread: a slow pipe on stdin must not stall the event loop."""
+    done = object()
+
+    def take() -> list[ManifestEntry | object]:
+        batch: list[ManifestEntry | object] = []
+        for entry in entries:
+            batch.append(entry)
+            if len(batch) >= chunk:
+                return batch
+        batch.append(done)
+        return batch
+
+    while True:
+        for entry in await asyncio.to_thread(take):
+            if entry is done:
+                return
+            yield entry  # type: ignore[misc]
+
+
+def _strict(entries: Iterator[ManifestEntry]) -> Iterator[ManifestEntry]:
+    for entry in entries:
+        if isinstance(entry, BadRow):
+            raise StrictModeStop(f"--strict: stopping at the first bad row: {entry}")
+        yield entry
+
+
+async def register_rows(
+    client: MtsFaceClient,
+    entries: Iterator[ManifestEntry],
+    output: TextIO,
+    *,
+    journal: str | None = None,
+    total: int | None = None,
+    progress: bool = True,
+    check_existing: bool = True,
+    concurrency: int | None = None,
+    collect_faces: bool = False,
+) -> RegistrationReport:
+    """Register ``entries``, writing one JSON line per outcome to ``output``."""
+    bar = ProgressBar() if progress else None
+    registrar = Registrar(
+        client,
+        journal=journal,
+        progress=bar,
+        total=total,
+        check_existing=check_existing,
+        concurrency=concurrency,
+        collect_faces=collect_faces,
+    )
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    interrupts = 0
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            sys.stderr.write("\ninterrupted: finishing calls in flight (Ctrl-C again to abort)\n")
+            registrar.stop()
+        elif main is not None:
+            main.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        loop.add_signal_handler(signal.SIGTERM, on_interrupt)
+    try:
+        async for outcome in registrar.run(_in_thread(entries)):
+            output.write(json.dumps(outcome.to_dict(), ensure_ascii=False) + "\n")
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+        if bar is not None:
+            bar.close()
+        output.flush()
+    return registrar.report
+
+
+def print_summary(report: RegistrationReport, stream: TextIO | None = None) -> None:
+    """The end-of-run summary: counts, skip reasons, time and rates."""
+    out = stream or sys.stderr
+    out.write(
+        f"rows {report.rows:,}: registered {report.registered:,}"
+        f" (from journal {report.resumed:,}, reconciled {report.reconciled:,}),"
+        f" skipped {report.skipped:,}, failed {report.failed:,}\n"
+    )
+    for reason, count in sorted(report.skip_reasons.items(), key=lambda kv: -kv[1]):
+        out.write(f"  skipped {count:,}: {reason}\n")
+    out.write(
+        f"elapsed {report.elapsed:.2f} s, {report.calls:,} API calls"
+        f" ({report.calls_per_second:.1f} calls/s, {report.registrations_per_second:.1f} faces/s)"
+        + (", stopped early" if report.stopped else "")
+        + "\n"
+    )
+    out.flush()
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    client = _client_from_args(args)
+    total = _count_rows(args.manifest, args.format)
+    stream = _open_manifest(args.manifest)
+    output: TextIO = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        entries = read_manifest(stream, fmt=args.format, default_category=args.category)
+        if args.strict:
+            entries = _strict(entries)
+
+        async def main() -> RegistrationReport:
+            async with client:
+                return await register_rows(
+                    client,
+                    entries,
+                    output,
+                    journal=args.journal,
+                    total=total,
+                    progress=not args.no_progress,
+                    check_existing=not args.no_check_existing,
+                    concurrency=args.concurrency,
+                )
+
+        report = asyncio.run(main())
+    except StrictModeStop as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_FAILED_ROWS
+    except asyncio.CancelledError:
+        return EXIT_INTERRUPTED
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+        if output is not sys.stdout:
+            output.close()
+    print_summary(report)
+    if report.stopped and report.failed == 0:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_ROWS if report.failed else EXIT_OK
+
+
+# --- list and unregister ----------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with _client_from_args(args) as client:
+            listing = await client.list_custom_persons(args.category, args.person)
+        if args.json:
+            for category, person, face in listing.iter_faces():
+                record = {
+                    "category_id": category.category_id,
+                    "person_id": person.person_id,
+                    "person_name": person.person_name,
+                    "face_id": face.face_id,
+                    "image_url": face.image_url,
+                }
+                print(json.dumps(record, ensure_ascii=False))
+            return EXIT_OK
+        for category in listing.categories:
+            print(
+                f"{category.category_id}"
+                + (f"  ({category.category_name})" if category.category_name else "")
+            )
+            for person in category.persons:
+                label = f" ({person.person_name})" if person.person_name else ""
+                print(f"  {person.person_id}{label}: {len(person.faces)} faces")
+                for face in person.faces:
+                    print(f"    {face.face_id}  {face.image_url}")
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
+def _cmd_unregister(args: argparse.Namespace) -> int:
+    face_id = "ALL" if args.all else args.face
+    if not face_id:
+        sys.stderr.write("unregister: pass --face FACE_ID, or --all for every face of the person\n")
+        return EXIT_USAGE
+
+    async def main() -> int:
+        async with _client_from_args(args) as client:
+            ack = await client.unregister_custom_face(args.category, args.person, face_id)
+        print(
+            f"unregistered {face_id} of {args.category}/{args.person} (RequestId {ack.request_id})"
+        )
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+DEMO_PERSONS = 100
+DEMO_FACES_PER_PERSON = 10
+
+
+def write_demo_manifest(path: Path, persons: int = DEMO_PERSONS) -> int:
+    """A CSV of ``persons`` × 10 faces, plus rows that show the cap, a duplicate and a bad row."""
+    lines = ["category_id,person_id,image_url,person_name"]
+    for p in range(persons):
+        for i in range(DEMO_FACES_PER_PERSON):
+            lines.append(
+                f"demo-stars,person-{p:04d},https://img.example.com/{p:04d}/{i}.jpg,Person {p}"
+            )
+    lines.append("demo-stars,person-0000,https://img.example.com/0000/extra.jpg,Person 0")  # 11th
+    lines.append("demo-stars,PERSON-0001,https://img.example.com/0001/3.jpg,Person 1")  # duplicate
+    lines.append("demo-stars,person-9999,not-a-url,Nobody")  # bad row
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines) - 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .emulator import Emulator, EmulatorConfig
+
+    async def main() -> RegistrationReport:
+        config = EmulatorConfig(qps=args.qps, latency=args.latency, jitter=args.latency / 3)
+        async with Emulator(config) as emulator:
+            key = emulator.key
+            sys.stderr.write(f"emulator listening on {emulator.url} (quota {args.qps:g} calls/s)\n")
+            with tempfile.TemporaryDirectory() as folder:
+                manifest = Path(folder) / "demo-manifest.csv"
+                total = write_demo_manifest(manifest, args.persons)
+                sys.stderr.write(
+                    f"manifest: {total:,} rows ({args.persons} persons x 10 faces + 3 extra)\n"
+                )
+                credentials = Credentials(key.access_key_id, key.access_key_secret)
+                async with MtsFaceClient(
+                    credentials=credentials, endpoint=emulator.url, qps=args.qps
+                ) as client:
+                    # Opening is instant; rows are then pulled in a worker thread.
+                    with open(manifest, "rb") as stream, open(os.devnull, "w") as sink:  # noqa: ASYNC230
+                        output = sink if not args.outcomes else sys.stdout
+                        report = await register_rows(
+                            client, read_manifest(stream), output, total=total, collect_faces=True
+                        )
+            stats = emulator.stats
+            sys.stderr.write(
+                f"emulator: accepted {stats.accepted:,}, throttled {stats.throttled:,}, "
+                f"max {stats.max_window_accepted} accepted in any 1 s window\n"
+            )
+            return report
+
+    report = asyncio.run(main())
+    print_summary(report, sys.stdout)
+    persons = len(report.faces)
+    faces = sum(len(ids) for ids in report.faces.values())
+    print(f"collected {faces:,} FaceIds for {persons:,} persons")
+    return EXIT_OK if report.failed <= 1 else EXIT_FAILED_ROWS  # the one bad row is expected
+
+
+# --- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,8 +352,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mts-faces",
         description="Register faces in Alibaba Cloud MTS custom figure libraries.",
+        epilog="Credentials: ALIBABA_CLOUD_ACCESS_KEY_ID, ALIBABA_CLOUD_ACCESS_KEY_SECRET "
+        "(and ALIBABA_CLOUD_SECURITY_TOKEN for STS).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    reg = sub.add_parser("register", help="register every face of a manifest (CSV or JSONL)")
+    reg.add_argument("manifest", help="CSV with a header, or JSON Lines; - for stdin")
+    reg.add_argument("--format", choices=("csv", "jsonl"), help="default: guessed from content")
+    reg.add_argument("--category", help="CategoryId for rows that have none")
+    reg.add_argument("--journal", help="append-only journal; rerun with it to resume")
+    reg.add_argument("--output", default="-", help="JSONL of outcomes (default: stdout)")
+    reg.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    reg.add_argument("--concurrency", type=int, help="calls in flight (default: from latency)")
+    reg.add_argument(
+        "--no-check-existing",
+        action="store_true",
+        help="do not list existing faces first (the cap then counts this input only)",
+    )
+    reg.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_client_options(reg)
+    reg.set_defaults(run=_cmd_register)
+
+    lst = sub.add_parser("list", help="list libraries, persons and faces")
+    lst.add_argument("--category", help="only this CategoryId")
+    lst.add_argument("--person", help="only this PersonId")
+    lst.add_argument("--json", action="store_true", help="one JSON object per face")
+    _add_client_options(lst)
+    lst.set_defaults(run=_cmd_list)
+
+    unreg = sub.add_parser("unregister", help="remove a face, all faces of a person, or a library")
+    unreg.add_argument("--category", required=True)
+    unreg.add_argument("--person", required=True, help="PersonId, or ALL for the whole library")
+    unreg.add_argument("--face", help="FaceId to remove")
+    unreg.add_argument("--all", action="store_true", help="remove every face of the person")
+    _add_client_options(unreg)
+    unreg.set_defaults(run=_cmd_unregister)
+
+    demo = sub.add_parser("demo", help="register 1,000 faces against a local emulator")
+    demo.add_argument("--persons", type=int, default=DEMO_PERSONS, help="persons of 10 faces")
+    demo.add_argument("--qps", type=float, default=DEFAULT_QPS, help="the emulator's quota")
+    demo.add_argument("--latency", type=float, default=0.05, help="emulated service latency (s)")
+    demo.add_argument("--outcomes", action="store_true", help="print each outcome as JSON")
+    demo.set_defaults(run=_cmd_demo)
+
     add_emulate(sub)
     return parser
 
@@ -24,11 +404,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mts-faces`` with ``argv`` (default: the process arguments); return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    run = args.run
     try:
-        return int(run(args))
+        return int(args.run(args))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except MtsFacesError as exc:
+        sys.stderr.write(f"mts-faces {args.command}: {type(exc).__name__}: {exc}\n")
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED_ROWS
+    except OSError as exc:
+        sys.stderr.write(f"mts-faces {args.command}: {exc}\n")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover
