@@ -1,0 +1,153 @@
+"""``mts-faces emulate``: serve the emulator until SIGINT or SIGTERM.
+
+Standard output: the URL on the first line (flushed at once, for scripts), then, when the key
+pair was not taken from the environment, the demo pair as ``NAME=value`` lines. Everything
+else, the statistics at exit included, goes to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from ._config import ACTIONS, AccessKey, EmulatorConfig
+from ._emulator import Emulator
+
+ENV_ID = "ALIBABA_CLOUD_ACCESS_KEY_ID"
+ENV_SECRET = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+
+
+def _actions(text: str) -> frozenset[str]:
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = names - ACTIONS
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown actions {', '.join(sorted(unknown))}; known: {', '.join(sorted(ACTIONS))}"
+        )
+    return names
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``emulate`` subcommand to ``subparsers`` (sets ``run``)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "emulate",
+        help="serve a local emulator of the custom-face API",
+        description="Serve RegisterCustomFace, UnregisterCustomFace, ListCustomPersons and "
+        "TagCustomPerson locally, with signature checks, the quota and injected faults. "
+        "Prints the URL as the first line of standard output.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
+    parser.add_argument(
+        "--qps", type=float, default=100.0, help="calls per second per key; 0: no quota"
+    )
+    parser.add_argument("--max-faces", type=int, default=10, help="faces per person")
+    parser.add_argument("--seed", type=int, help="seed for faults, jitter and FaceIds")
+    faults = parser.add_argument_group("faults (rates are 0..1 per call)")
+    faults.add_argument("--latency", type=float, default=0.0, help="seconds added to each call")
+    faults.add_argument("--jitter", type=float, default=0.0, help="plus uniform 0..JITTER s")
+    faults.add_argument(
+        "--latency-actions", type=_actions, help="comma-separated actions (default: all)"
+    )
+    faults.add_argument("--internal-error-rate", type=float, default=0.0, help="500 InternalError")
+    faults.add_argument(
+        "--unavailable-rate", type=float, default=0.0, help="503 ServiceUnavailable"
+    )
+    faults.add_argument("--drop-rate", type=float, default=0.0, help="close without answering")
+    faults.add_argument(
+        "--commit-timeout-rate",
+        type=float,
+        default=0.0,
+        help="do the work, then hang and close without answering",
+    )
+    faults.add_argument("--hang", type=float, default=600.0, help="seconds a hang lasts")
+    faults.add_argument(
+        "--fault-actions",
+        type=_actions,
+        default=frozenset({"RegisterCustomFace"}),
+        help="comma-separated actions the faults apply to (default: RegisterCustomFace)",
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true", help="serve https")
+    tls.add_argument("--certfile", help="certificate (PEM); without it one is made on the spot")
+    tls.add_argument("--keyfile", help="private key (PEM) of --certfile")
+    tls.add_argument("--ca-out", help="write the made-up CA's PEM here, for clients to trust")
+    parser.add_argument("--dump-library", help="write the stored libraries as JSON at exit")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, key: AccessKey | None) -> EmulatorConfig:
+    """The :class:`EmulatorConfig` the command line describes."""
+    return EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        qps=args.qps if args.qps > 0 else None,
+        access_key=key,
+        latency=args.latency,
+        jitter=args.jitter,
+        latency_actions=args.latency_actions,
+        internal_error_rate=args.internal_error_rate,
+        unavailable_rate=args.unavailable_rate,
+        drop_rate=args.drop_rate,
+        commit_timeout_rate=args.commit_timeout_rate,
+        hang=args.hang,
+        fault_actions=args.fault_actions,
+        seed=args.seed,
+        max_faces_per_person=args.max_faces,
+        tls=bool(args.tls or args.certfile),
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mts-faces emulate``; returns the exit status."""
+    key_id, secret = os.environ.get(ENV_ID), os.environ.get(ENV_SECRET)
+    key = AccessKey(key_id, secret) if key_id and secret else None
+    try:
+        config = config_from_args(args, key)
+    except ValueError as exc:
+        sys.stderr.write(f"mts-faces emulate: {exc}\n")
+        return 2
+    return asyncio.run(_serve(config, args, from_env=key is not None))
+
+
+async def _serve(config: EmulatorConfig, args: argparse.Namespace, *, from_env: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    emulator = Emulator(config)
+    async with emulator:
+        if args.ca_out:  # before the URL line: a script may use the file as soon as it reads it
+            emulator.write_ca(args.ca_out)
+        print(emulator.url, flush=True)
+        if from_env:
+            sys.stderr.write(f"accepting the key pair of {ENV_ID} ({emulator.key.access_key_id})\n")
+        else:
+            print(f"{ENV_ID}={emulator.key.access_key_id}")
+            print(f"{ENV_SECRET}={emulator.key.access_key_secret}", flush=True)
+        quota = f"{config.qps:g} calls/s per key" if config.qps else "no quota"
+        sys.stderr.write(f"emulator on {emulator.url}: {quota}; Ctrl-C to stop\n")
+        sys.stderr.flush()
+        await stop.wait()
+        stats = emulator.stats
+        if args.dump_library:
+            with open(args.dump_library, "w", encoding="utf-8") as out:  # noqa: ASYNC230
+                out.write(emulator.library_json())
+    sys.stderr.write(
+        f"emulator stats: {stats.requests:,} requests, {stats.accepted:,} accepted, "
+        f"{stats.throttled:,} throttled, max {stats.max_window_accepted} accepted "
+        f"in any 1 s window, {stats.faces_stored:,} faces stored\n"
+    )
+    sys.stderr.write(json.dumps(stats.to_dict(), sort_keys=True) + "\n")
+    sys.stderr.flush()
+    return 0

@@ -1,0 +1,252 @@
+"""The emulated service, apart from HTTP: one request in, one outcome out.
+
+Order of the checks, each answering with the service's error: method and path, key,
+timestamp, signature, nonce, action and version, quota, parameters. A request that passes
+them all is *accepted* (charged to its key's quota); then a fault may be drawn for it, and
+its work is done at once or, with latency, handed back as a :class:`Deferred` for the server
+to finish after the delay.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from . import _errors as errors
+from . import _stats as kinds
+from ._actions import execute, validate
+from ._config import ACTIONS, EmulatorConfig
+from ._library import Library
+from ._stats import EmulatorStats, StatsRecorder
+from ._verify import API_VERSION, NonceCache, SignedRequest, Verifier, decode_params
+from ._window import Quota
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+JSON_CONTENT_TYPE = "application/json;charset=utf-8"
+
+
+@attrs.frozen
+class Request:
+    """One HTTP request as received: raw target (path and query), headers, body."""
+
+    method: str
+    target: str
+    headers: Sequence[tuple[str, str]]
+    """(lower-case name, value) pairs in the order received."""
+    body: bytes = b""
+
+
+@attrs.frozen
+class Reply:
+    """Answer with this status and JSON body."""
+
+    status: int
+    body: bytes
+    request_id: str
+
+
+@attrs.frozen
+class Drop:
+    """Close the connection without answering."""
+
+
+@attrs.frozen
+class Hang:
+    """Say nothing for ``seconds``, then close the connection."""
+
+    seconds: float
+
+
+Outcome = Reply | Drop | Hang
+
+
+@attrs.frozen
+class Deferred:
+    """Wait ``delay`` seconds, then call ``finish`` for the outcome."""
+
+    delay: float
+    finish: Callable[[], Outcome]
+
+
+class Service:
+    """The four operations behind the service's checks, quota and injected faults."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        keys: Mapping[str, str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.library = Library(config.max_faces_per_person)
+        self.nonces = NonceCache(config.nonce_ttl, config.max_nonces)
+        self._verifier = Verifier(keys, tolerance=config.timestamp_tolerance, nonces=self.nonces)
+        self._quota = Quota(None if config.qps is None else int(config.qps))
+        self._stats = StatsRecorder()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # Separate streams, so turning latency on does not change which calls fail.
+        seed = config.seed
+        self._fault_rng = random.Random(None if seed is None else f"{seed}:faults")
+        self._latency_rng = random.Random(None if seed is None else f"{seed}:latency")
+        self._face_rng = random.Random(None if seed is None else f"{seed}:faces")
+        self._host_id = config.host
+
+    # --- statistics ----------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> EmulatorStats:
+        """A snapshot of the counters."""
+        return self._stats.snapshot(self.library.face_count)
+
+    def reset_stats(self) -> None:
+        """Zero the counters (the library, quota windows and nonces stay)."""
+        self._stats.reset()
+
+    # --- one request ---------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Outcome | Deferred:
+        """Check ``request`` and answer it, now or after the emulated latency."""
+        now = self._clock()
+        stats = self._stats
+        stats.arrived(now)
+        request_id = str(uuid.uuid4()).upper()
+        host_id = self._host_id
+        throttled = False
+        try:
+            signed = self._parse(request)
+            host_id = signed.header("host") or host_id
+            claimed = signed.header("x-acs-action") or signed.query.get("Action") or "(none)"
+            stats.by_action[claimed] += 1
+            identity = self._verifier.verify(signed, wall_time=self._wall_clock(), now=now)
+            stats.signature_versions[identity.signature_version] += 1
+            action = identity.action
+            if not action:
+                raise errors.missing_parameter("Action")
+            if action not in ACTIONS:
+                raise errors.UNKNOWN_ACTION
+            if not identity.version:
+                raise errors.missing_parameter("Version")
+            if identity.version != API_VERSION:
+                raise errors.BAD_VERSION
+            if not self._quota.admit(identity.access_key_id, now):
+                throttled = True
+                stats.throttled += 1
+                raise errors.THROTTLED
+            stats.admitted(now)
+            params = {**signed.form, **signed.query}
+            validate(action, params)
+        except errors.ServiceError as exc:
+            if not throttled:
+                stats.rejected += 1
+            return self.error_reply(exc, request_id, host_id)
+        fault = self._draw_fault(action)
+        delay = self._draw_latency(action)
+        if fault is None and delay == 0:
+            return self._run(action, params, request_id, host_id)
+        finish = functools.partial(self._finish, action, params, request_id, host_id, fault)
+        return Deferred(delay, finish)
+
+    def error_reply(
+        self, error: errors.ServiceError, request_id: str | None = None, host_id: str | None = None
+    ) -> Reply:
+        """The service's JSON error body for ``error`` (and count it)."""
+        self._stats.errors[error.code] += 1
+        request_id = request_id or str(uuid.uuid4()).upper()
+        body = {
+            "RequestId": request_id,
+            "HostId": host_id or self._host_id,
+            "Code": error.code,
+            "Message": error.message,
+            "Recommend": f"https://api.aliyun.com/troubleshoot?q={error.code}&product=Mts"
+            f"&requestId={request_id}",
+        }
+        return Reply(error.status, _json(body), request_id)
+
+    def _parse(self, request: Request) -> SignedRequest:
+        if request.method not in ("POST", "GET"):
+            raise errors.BAD_METHOD
+        path, _, raw_query = request.target.partition("?")
+        if path != "/":
+            raise errors.UNKNOWN_ACTION
+        headers: dict[str, tuple[str, ...]] = {}
+        for name, value in request.headers:
+            headers[name] = (*headers.get(name, ()), value)
+        form: dict[str, str] = {}
+        content_type = headers.get("content-type", ("",))[0]
+        if request.body and content_type.lower().startswith(FORM_CONTENT_TYPE):
+            try:
+                form = decode_params(request.body.decode())
+            except UnicodeDecodeError:
+                raise errors.invalid_parameter("body", "is not UTF-8") from None
+        return SignedRequest(
+            method=request.method,
+            path=path,
+            query=decode_params(raw_query),
+            form=form,
+            headers=headers,
+            body=request.body,
+        )
+
+    def _draw_fault(self, action: str) -> str | None:
+        config = self.config
+        if not config.any_fault or action not in config.fault_actions:
+            return None
+        draw = self._fault_rng.random()
+        for kind, rate in (
+            (kinds.INTERNAL_ERROR, config.internal_error_rate),
+            (kinds.UNAVAILABLE, config.unavailable_rate),
+            (kinds.DROP, config.drop_rate),
+            (kinds.COMMIT_TIMEOUT, config.commit_timeout_rate),
+        ):
+            if draw < rate:
+                return kind
+            draw -= rate
+        return None
+
+    def _draw_latency(self, action: str) -> float:
+        config = self.config
+        if config.latency_actions is not None and action not in config.latency_actions:
+            return 0.0
+        jitter = self._latency_rng.uniform(0, config.jitter) if config.jitter else 0.0
+        return config.latency + jitter
+
+    def _finish(
+        self, action: str, params: dict[str, str], request_id: str, host_id: str, fault: str | None
+    ) -> Outcome:
+        if fault is None:
+            return self._run(action, params, request_id, host_id)
+        self._stats.faults[fault] += 1
+        if fault == kinds.INTERNAL_ERROR:
+            return self.error_reply(errors.INTERNAL_ERROR, request_id, host_id)
+        if fault == kinds.UNAVAILABLE:
+            return self.error_reply(errors.UNAVAILABLE, request_id, host_id)
+        if fault == kinds.DROP:
+            return Drop()
+        # Commit, then time out: the work is done and the answer never comes.
+        self._run(action, params, request_id, host_id)
+        return Hang(self.config.hang)
+
+    def _run(self, action: str, params: dict[str, str], request_id: str, host_id: str) -> Reply:
+        try:
+            result = execute(action, params, self.library, self._new_face_id)
+        except errors.ServiceError as exc:
+            self._stats.rejected += 1
+            return self.error_reply(exc, request_id, host_id)
+        return Reply(200, _json({"RequestId": request_id, **result}), request_id)
+
+    def _new_face_id(self) -> str:
+        return f"{self._face_rng.getrandbits(128):032x}"
+
+
+def _json(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
