@@ -17,7 +17,7 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
-from ._limiter import Limiter
+from ._limiter import Limiter, WindowLimiter
 from ._models import (
     Acknowledgement,
     Category,
@@ -27,7 +27,9 @@ from ._models import (
     RegisteredFace,
 )
 from ._operations import MAX_FACES_PER_PERSON, MAX_ID_LENGTH
+from ._redis_limiter import RedisWindowLimiter
 from ._retry import RetryPolicy
+from ._window import AimdPolicy
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "APIError",
     "Acknowledgement",
+    "AimdPolicy",
     "AmbiguousOutcomeError",
     "AuthenticationError",
     "Category",
@@ -51,6 +54,7 @@ __all__ = [
     "MtsFacesError",
     "NotFoundError",
     "Person",
+    "RedisWindowLimiter",
     "RegisteredFace",
     "ResponseFormatError",
     "RetryPolicy",
@@ -58,6 +62,7 @@ __all__ = [
     "ThrottlingError",
     "TransportError",
     "ValidationError",
+    "WindowLimiter",
     "__version__",
     "endpoint_for_region",
 ]

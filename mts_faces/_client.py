@@ -31,7 +31,7 @@ from ._exceptions import (
     api_error,
 )
 from ._http import HttpTransport, RawResponse
-from ._limiter import BucketLimiter, Limiter
+from ._limiter import Limiter, WindowLimiter
 from ._models import Acknowledgement, CustomPersons, RegisteredFace
 from ._operations import (
     API_VERSION,
@@ -83,8 +83,15 @@ def check_endpoint(endpoint: str, *, allow_insecure_http: bool) -> str:
     parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"endpoint must be an http(s) URL with a host, got {endpoint!r}")
-    if parts.path not in ("", "/") or parts.query:
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigurationError(f"endpoint must have no path or query, got {endpoint!r}")
+    if "@" in parts.netloc or "\\" in endpoint:
+        # User info is never how this service authenticates, and URL parsers disagree on
+        # which host ``http://a\\@b`` names: refuse rather than guess where keys would go.
+        # (The value is not echoed: user info may hold a password.)
+        raise ConfigurationError(
+            "endpoint must be scheme://host[:port], with no user info and no backslash"
+        )
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
         raise ConfigurationError(
             f"refusing plain http to {parts.hostname}: credentials and faces would travel "
@@ -127,8 +134,8 @@ class MtsFaceClient:
             raise ConfigurationError(f"signature_version must be 1 or 3, got {signature_version!r}")
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
-        if qps <= 0:
-            raise ConfigurationError(f"qps must be > 0, got {qps}")
+        if not qps >= 1:
+            raise ConfigurationError(f"qps must be >= 1, got {qps}")
         self.credentials = resolve_credentials(
             access_key_id, access_key_secret, security_token, credentials
         )
@@ -141,7 +148,7 @@ class MtsFaceClient:
         self._host = urlsplit(self.endpoint).netloc
         self.signature_version = signature_version
         self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
-        self.limiter: Limiter = limiter if limiter is not None else BucketLimiter(qps)
+        self.limiter: Limiter = limiter if limiter is not None else WindowLimiter(qps)
         self.qps = qps
         self.max_connections = max_connections
         self.attempts = 0
@@ -163,6 +170,12 @@ class MtsFaceClient:
             f"access_key_id={self.credentials.access_key_id!r}, "
             f"signature_version={self.signature_version})"
         )
+
+    @property
+    def current_rate(self) -> float | None:
+        """The limiter's current rate in calls per second, when it reports one (adaptive)."""
+        rate = getattr(self.limiter, "current_rate", None)
+        return float(rate) if isinstance(rate, int | float) else None
 
     async def __aenter__(self) -> MtsFaceClient:
         return self

@@ -6,6 +6,7 @@ IDs are non-empty and at most 120 characters, an image URL is http(s) with a hos
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,10 +28,31 @@ MAX_ID_LENGTH = 120
 MAX_FACES_PER_PERSON = 10
 
 
-def validate_id(field: str, value: str) -> str:
-    """A caller-chosen ID: a non-empty string of at most 120 characters."""
+# Unicode's categories Cs (surrogates) and Cc (control characters), as regular expressions.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_OR_CONTROL = re.compile("[\ud800-\udfff\x00-\x1f\x7f-\x9f]")
+
+
+def _check_text(field: str, value: object, *, allow_controls: bool = False) -> str:
+    """A str that can be signed and sent.
+
+    An unpaired surrogate (JSON ``"\\ud800"``) cannot be encoded as UTF-8, so it cannot be
+    signed; a NUL or a line break in an ID or URL is a broken export, never a real name.
+    """
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+    found = (_SURROGATE if allow_controls else _SURROGATE_OR_CONTROL).search(value)
+    if found is not None:
+        code = ord(found.group())
+        if 0xD800 <= code <= 0xDFFF:
+            raise ValidationError(field, f"contains U+{code:04X}, an unpaired surrogate")
+        raise ValidationError(field, f"contains the control character U+{code:04X}")
+    return value
+
+
+def validate_id(field: str, value: str) -> str:
+    """A caller-chosen ID: a non-empty string of at most 120 characters."""
+    _check_text(field, value)
     if not value.strip():
         raise ValidationError(field, "must not be empty")
     if len(value) > MAX_ID_LENGTH:
@@ -42,8 +64,7 @@ def validate_id(field: str, value: str) -> str:
 
 def validate_url(field: str, value: str) -> str:
     """An image URL the service can fetch: http or https, with a host."""
-    if not isinstance(value, str):
-        raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+    _check_text(field, value)
     try:
         parts = urlsplit(value.strip())
     except ValueError as exc:
@@ -56,10 +77,8 @@ def validate_url(field: str, value: str) -> str:
 
 
 def validate_text(field: str, value: str) -> str:
-    """A free-text parameter (names, descriptions): any string."""
-    if not isinstance(value, str):
-        raise ValidationError(field, f"must be a string, got {type(value).__name__}")
-    return value
+    """A free-text parameter (names, descriptions): any string UTF-8 can encode."""
+    return _check_text(field, value, allow_controls=True)
 
 
 @attrs.frozen

@@ -96,22 +96,28 @@ async def _in_thread(
     entries: Iterator[ManifestEntry], chunk: int = 512
 ) -> AsyncIterator[ManifestEntry]:
     """Pull rows in a worker thread: a slow pipe on stdin must not stall the event loop."""
-    done = object()
 
-    def take() -> list[ManifestEntry | object]:
-        batch: list[ManifestEntry | object] = []
-        for entry in entries:
-            batch.append(entry)
-            if len(batch) >= chunk:
-                return batch
-        batch.append(done)
-        return batch
+    def take() -> tuple[list[ManifestEntry], BaseException | None, bool]:
+        # Rows read before a failure (a --strict stop, a read error) still go through: the
+        # error is handed back beside them and raised only once they have been yielded.
+        batch: list[ManifestEntry] = []
+        try:
+            for entry in entries:
+                batch.append(entry)
+                if len(batch) >= chunk:
+                    return batch, None, False
+        except Exception as exc:
+            return batch, exc, True
+        return batch, None, True
 
     while True:
-        for entry in await asyncio.to_thread(take):
-            if entry is done:
-                return
-            yield entry  # type: ignore[misc]
+        batch, error, finished = await asyncio.to_thread(take)
+        for entry in batch:
+            yield entry
+        if error is not None:
+            raise error
+        if finished:
+            return
 
 
 def _strict(entries: Iterator[ManifestEntry]) -> Iterator[ManifestEntry]:

@@ -1,16 +1,19 @@
 """Reading manifests: CSV with a header, or JSON Lines, streamed one row at a time.
 
 Every data row comes out as a :class:`FaceRow` or, when it cannot be used, a :class:`BadRow`
-naming the row number and the field, so that nothing a user handed us is dropped silently.
+naming the row number, the line and the field, so that nothing a user handed us is dropped
+silently. The readers never raise for what a file contains (bad bytes, bad quoting, huge
+lines, deep JSON): such problems are :class:`BadRow` entries. Only an error of the stream
+itself (:class:`OSError`) or an unknown ``fmt`` (:class:`ValueError`) is raised.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
+from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, cast
+from typing import Any, Protocol
 
 import attrs
 
@@ -19,6 +22,9 @@ from ._operations import validate_id, validate_text, validate_url
 
 # Longest line accepted; a longer one is reported as bad instead of being held in memory.
 MAX_LINE_BYTES = 64 * 1024
+# A quoted CSV field may span lines (a name with a line break), but only this many: an
+# unclosed quote must not swallow the valid rows after it.
+MAX_RECORD_LINES = 8
 
 # Column (CSV) or key (JSONL) spellings accepted for each field: ours, then the service's.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -33,6 +39,16 @@ _WIRE_NAMES = {
     "image_url": "ImageUrl",
     "person_name": "PersonName",
 }
+_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class Readable(Protocol):
+    """What the readers need of a stream: ``readline`` (a binary file, ``sys.stdin.buffer``)."""
+
+    def readline(self, size: int = -1, /) -> bytes:
+        """One line of at most ``size`` bytes (all of it when ``size`` is negative)."""
+        ...
 
 
 @attrs.frozen
@@ -67,14 +83,23 @@ class FaceRow:
 
 @attrs.frozen
 class BadRow:
-    """A manifest row that cannot be registered, and why (row number and field named)."""
+    """A manifest row that cannot be registered, and why (row number, field and line).
+
+    ``row`` 0 stands for the header or the file as a whole; ``line`` is the 1-based physical
+    line where the row starts, when known.
+    """
 
     row: int
     reason: str
     field: str | None = None
+    line: int | None = None
 
     def __str__(self) -> str:
-        where = f"row {self.row}" + (f", field {self.field}" if self.field else "")
+        where = f"row {self.row}" if self.row else "header" if self.line else "manifest"
+        if self.line is not None:
+            where += f" (line {self.line})"
+        if self.field:
+            where += f", field {self.field}"
         return f"{where}: {self.reason}"
 
 
@@ -82,26 +107,37 @@ ManifestEntry = FaceRow | BadRow
 
 
 def build_row(
-    values: dict[str, Any], row: int, default_category: str | None = None
+    values: dict[str, Any], row: int, default_category: str | None = None, line: int | None = None
 ) -> ManifestEntry:
     """Turn one record (any accepted spellings) into a validated row or a :class:`BadRow`."""
-    fields: dict[str, str | None] = {}
     lowered = {str(k).strip().casefold(): v for k, v in values.items() if k is not None}
-    for field, aliases in FIELD_ALIASES.items():
-        value = next((lowered[a] for a in aliases if a in lowered), None)
+    found = {
+        field: next((lowered[a] for a in aliases if a in lowered), None)
+        for field, aliases in FIELD_ALIASES.items()
+    }
+    return _row_from_fields(found, row, default_category, line)
+
+
+def _row_from_fields(
+    found: dict[str, Any], row: int, default_category: str | None, line: int | None
+) -> ManifestEntry:
+    """:func:`build_row` once the spellings are resolved: ``found`` maps our field names."""
+    fields: dict[str, str | None] = {}
+    for field in FIELD_ALIASES:
+        value = found.get(field)
         if value is not None and not isinstance(value, str):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 value = str(value)
             else:
                 kind = type(value).__name__
-                return BadRow(row, f"must be a string, got {kind}", _WIRE_NAMES[field])
+                return BadRow(row, f"must be a string, got {kind}", _WIRE_NAMES[field], line)
         fields[field] = value.strip() if isinstance(value, str) else None
     if not fields["category_id"]:
         fields["category_id"] = default_category
     for required in ("category_id", "person_id", "image_url"):
         if not fields[required]:
             hint = " (or pass a default category)" if required == "category_id" else ""
-            return BadRow(row, f"missing or empty{hint}", _WIRE_NAMES[required])
+            return BadRow(row, f"missing or empty{hint}", _WIRE_NAMES[required], line)
     face = FaceRow(
         category_id=fields["category_id"] or "",
         person_id=fields["person_id"] or "",
@@ -112,11 +148,19 @@ def build_row(
     try:
         return face.validated()
     except ValidationError as exc:
-        return BadRow(row, str(exc).split(": ", 1)[-1], exc.field)
+        return BadRow(row, str(exc).split(": ", 1)[-1], exc.field, line)
 
 
-def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, decoded line or None, problem) for each physical line of ``stream``."""
+# --- physical lines -----------------------------------------------------------------------------
+
+# (line number, decoded text or None, problem or None) of one physical line. A line that is
+# not valid UTF-8 comes with its problem and a lossy decoding, to find the field at fault.
+_Line = tuple[int, str | None, str | None]
+_REPLACEMENT = "\ufffd"
+
+
+def _lines(stream: Readable) -> Iterator[_Line]:
+    """Each physical line of ``stream``, decoded, or the reason it cannot be."""
     number = 0
     while True:
         raw = stream.readline(MAX_LINE_BYTES + 1)
@@ -128,126 +172,286 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None, str | None]]:
                 raw = stream.readline(MAX_LINE_BYTES)
             yield number, None, f"line longer than {MAX_LINE_BYTES} bytes"
             continue
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # a UTF-8 byte-order mark, as spreadsheet programs write
+        if number == 1:
+            if raw.startswith(_UTF16_BOMS):
+                yield number, None, "the file is UTF-16 encoded; save it as UTF-8"
+                continue
+            if raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]  # a UTF-8 byte-order mark, as spreadsheet programs write
         try:
             yield number, raw.decode("utf-8"), None
         except UnicodeDecodeError as exc:
             bad = raw[exc.start : exc.start + 1]
-            yield number, None, f"not valid UTF-8 (byte {exc.start + 1} is {bad!r})"
+            problem = f"not valid UTF-8 (byte {exc.start + 1} is {bad!r}); save the file as UTF-8"
+            yield number, raw.decode("utf-8", "replace"), problem
 
 
-def read_jsonl(stream: IO[bytes], default_category: str | None = None) -> Iterator[ManifestEntry]:
-    """Rows of a JSON Lines manifest; blank lines are ignored."""
+def _field_named(key: str) -> str | None:
+    """The wire name of the field a column or key stands for, if any."""
+    name = key.strip().casefold()
+    field = next((f for f, aliases in FIELD_ALIASES.items() if name in aliases), None)
+    return None if field is None else _WIRE_NAMES[field]
+
+
+def _field_with_bad_bytes(record: Iterable[tuple[str, Any]]) -> str | None:
+    """The field whose (lossily decoded) value holds the bytes that were not UTF-8."""
+    for key, value in record:
+        if isinstance(value, str) and _REPLACEMENT in value:
+            return _field_named(key)
+    return None
+
+
+# --- JSON Lines ---------------------------------------------------------------------------------
+
+
+def _json_record(text: str) -> tuple[Any, str | None]:
+    """The decoded JSON value of one line, or why it is not valid JSON."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        hint = ""
+        if text.startswith(("[", "]")):
+            hint = "; JSON Lines is one object per line, not an array"
+        return None, f"not valid JSON ({exc.msg} at column {exc.colno}{hint})"
+    except ValueError as exc:  # an integer of more digits than Python converts
+        return None, f"not valid JSON ({str(exc).split(':')[0]})"
+    except RecursionError:
+        return None, "not valid JSON (nested too deeply)"
+
+
+def read_jsonl(stream: Readable, default_category: str | None = None) -> Iterator[ManifestEntry]:
+    """Rows of a JSON Lines manifest (one JSON object per line); blank lines are ignored."""
     row = 0
-    for _, text, problem in _lines(stream):
+    for number, text, problem in _lines(stream):
         if text is not None and not text.strip():
             continue
         row += 1
-        if problem:
-            yield BadRow(row, problem)
+        if problem is not None or text is None:
+            lossy, _ = _json_record(text.strip()) if text is not None else (None, None)
+            field = _field_with_bad_bytes(lossy.items()) if isinstance(lossy, dict) else None
+            yield BadRow(row, problem or "unreadable line", field, number)
             continue
-        try:
-            record = json.loads(text or "")
-        except json.JSONDecodeError as exc:
-            yield BadRow(row, f"not valid JSON ({exc.msg} at column {exc.colno})")
-        except ValueError as exc:
-            yield BadRow(row, f"not valid JSON ({exc})")
-            continue
-        if not isinstance(record, dict):
-            yield BadRow(row, f"expected a JSON object, got {type(record).__name__}")
-            continue
-        yield build_row(record, row, default_category)
+        record, problem = _json_record(text.strip())
+        if problem is not None:
+            yield BadRow(row, problem, line=number)
+        elif not isinstance(record, dict):
+            hint = ""
+            if isinstance(record, list):
+                hint = " (JSON Lines is one object per line, not an array)"
+            yield BadRow(
+                row, f"expected a JSON object, got {type(record).__name__}{hint}", line=number
+            )
+        else:
+            yield build_row(record, row, default_category, number)
 
 
-def read_csv(stream: IO[bytes], default_category: str | None = None) -> Iterator[ManifestEntry]:
-    """Rows of a CSV manifest whose first line is a header naming the columns."""
-    pending_problem: list[tuple[int, str]] = []
+# --- CSV ----------------------------------------------------------------------------------------
 
-    def text_lines() -> Iterator[str]:
-        for number, text, problem in _lines(stream):
-            if problem:
-                pending_problem.append((number, problem))
-                yield "\n"  # keeps the csv reader's line count; reported below
-            else:
-                yield text or ""
+# (first line number, cells or None, problem or None) of one CSV record; with a problem, the
+# cells (when present) are a lossy reading of the record.
+_Record = tuple[int, list[str] | None, str | None]
 
-    reader = csv.reader(text_lines(), strict=True)
+
+def _parse_csv(lines: list[str], delimiter: str) -> tuple[list[str] | None, str | None, bool]:
+    """(cells, problem, quote still open) of ``lines`` read as exactly one CSV record."""
+    if len(lines) == 1:
+        # Fast path, most lines: no quote and no carriage return but the line end, so the
+        # cells are exactly what lies between the delimiters.
+        body = lines[0].removesuffix("\n").removesuffix("\r")
+        if '"' not in body and "\r" not in body and "\n" not in body:
+            return body.split(delimiter), None, False
     try:
-        header = next(reader)
-    except StopIteration:
-        return
+        records = list(csv.reader(lines, delimiter=delimiter, strict=True))
     except csv.Error as exc:
-        yield BadRow(0, f"unreadable header: {exc}")
+        message = str(exc)
+        if message.startswith("new-line character seen in unquoted field"):
+            # Python's own wording points at how to open files, which is not the user's concern.
+            message = "a carriage return inside an unquoted field (lines must end in \\n)"
+        return None, f"malformed CSV: {message}", "unexpected end of data" in message
+    if len(records) != 1:  # a line break outside quotes ended the record early
+        return None, "malformed CSV: line break inside an unquoted field", False
+    return records[0], None, False
+
+
+class _CsvRecords:
+    """CSV records from physical lines. A record whose quote is still open at the end of a
+    line takes in following lines (at most ``MAX_RECORD_LINES``); when that does not yield one
+    sensible record, only the first line is reported bad and the others are read afresh."""
+
+    def __init__(self, lines: Iterator[_Line]) -> None:
+        self._source = lines
+        self._pushed_back: deque[_Line] = deque()
+        self.delimiter: str | None = None  # decided by the first (header) line
+        self.max_cells: int | None = None  # the header's width, once known
+
+    def _next_line(self) -> _Line | None:
+        if self._pushed_back:
+            return self._pushed_back.popleft()
+        return next(self._source, None)
+
+    def __iter__(self) -> Iterator[_Record]:
+        while (first := self._next_line()) is not None:
+            number, text, problem = first
+            if problem is not None or text is None:
+                # With the lossy decoding, when it parses, the caller can name the field.
+                lossy = _parse_csv([text], self.delimiter or ",")[0] if text is not None else None
+                yield number, lossy, problem or "unreadable line"
+                continue
+            if not text.strip():
+                continue
+            if self.delimiter is None:
+                self.delimiter = _delimiter(text)
+            cells, problem, still_open = _parse_csv([text], self.delimiter)
+            if still_open:
+                cells, problem = self._continue(text)
+            yield number, cells, problem
+
+    def _continue(self, text: str) -> tuple[list[str] | None, str | None]:
+        taken: list[_Line] = []
+        parts, size = [text], len(text)
+        while len(parts) < MAX_RECORD_LINES and size <= MAX_LINE_BYTES:
+            following = self._next_line()
+            if following is None:
+                break
+            taken.append(following)
+            if following[1] is None or following[2] is not None:  # unreadable: not part of it
+                break
+            parts.append(following[1])
+            size += len(following[1])
+            cells, _, still_open = _parse_csv(parts, self.delimiter or ",")
+            if cells is not None and (self.max_cells is None or len(cells) <= self.max_cells):
+                return cells, None
+            if not still_open:
+                break
+        self._pushed_back.extendleft(reversed(taken))
+        return None, "malformed CSV: a quoted field is not closed on this line"
+
+
+def _header_problem(columns: list[str], default_category: str | None) -> str | None:
+    """Why a header cannot be used: no known column, a missing or repeated column."""
+    expected = "category_id, person_id, image_url (optional: person_name)"
+    found: dict[str, str] = {}
+    for column in columns:
+        name = column.casefold()
+        field = next((f for f, aliases in FIELD_ALIASES.items() if name in aliases), None)
+        if field is None:
+            continue
+        if field in found:
+            return f"columns {found[field]!r} and {column!r} both name {_WIRE_NAMES[field]}"
+        found[field] = column
+    if not found:
+        return f"the first line must be a header naming the columns {expected}; got {columns!r}"
+    required = ["person_id", "image_url"] + ([] if default_category else ["category_id"])
+    for field in required:
+        if field not in found:
+            names = ", ".join(FIELD_ALIASES[field])
+            return f"no column for {_WIRE_NAMES[field]} (accepted names: {names})"
+    return None
+
+
+def _delimiter(header: str) -> str:
+    """Comma, unless the header has none but is clearly separated by ``;`` or tabs."""
+    if "," in header:
+        return ","
+    return max(";\t", key=header.count) if any(c in header for c in ";\t") else ","
+
+
+def read_csv(stream: Readable, default_category: str | None = None) -> Iterator[ManifestEntry]:
+    """Rows of a CSV manifest whose first line is a header naming the columns."""
+    records = _CsvRecords(_lines(stream))
+    entries = iter(records)
+    first = next(entries, None)
+    if first is None:
+        yield BadRow(0, "empty file (expected a header line naming the columns)")
         return
-    if pending_problem:
-        yield BadRow(0, f"header {pending_problem.pop()[1]}")
+    number, header, problem = first
+    if header is None or problem is not None:
+        yield BadRow(0, problem or "unreadable header", line=number)
         return
     columns = [h.strip() for h in header]
-    known = {a for aliases in FIELD_ALIASES.values() for a in aliases}
-    if not any(c.casefold() in known for c in columns):
-        expected = "category_id, person_id, image_url"
-        yield BadRow(0, f"header names none of the columns {expected}: {header!r}")
+    problem = _header_problem(columns, default_category)
+    if problem is not None:
+        yield BadRow(0, problem, line=number)
         return
+    records.max_cells = len(columns)
+    # Resolve the column spellings once, not per row.
+    positions = {
+        field: index
+        for index, column in enumerate(columns)
+        for field, aliases in FIELD_ALIASES.items()
+        if column.casefold() in aliases
+    }
     row = 0
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            row += 1
-            yield BadRow(row, f"malformed CSV: {exc}")
-            continue
-        if pending_problem:
-            row += 1
-            yield BadRow(row, pending_problem.pop()[1])
-            continue
-        if not record or all(not cell.strip() for cell in record):
-            continue
+    for number, cells, problem in entries:
+        if problem is None and cells is not None and all(not cell.strip() for cell in cells):
+            continue  # a row of empty cells, as spreadsheets export
         row += 1
-        if len(record) > len(columns):
-            yield BadRow(row, f"{len(record)} cells but the header names {len(columns)} columns")
-            continue
-        yield build_row(dict(zip(columns, record, strict=False)), row, default_category)
+        if problem is not None or cells is None:
+            field = _field_with_bad_bytes(zip(columns, cells or (), strict=False))
+            yield BadRow(row, problem or "unreadable line", field, number)
+        elif len(cells) > len(columns):
+            yield BadRow(
+                row,
+                f"{len(cells)} cells but the header names {len(columns)} columns",
+                line=number,
+            )
+        else:
+            found = {field: cells[i] for field, i in positions.items() if i < len(cells)}
+            yield _row_from_fields(found, row, default_category, number)
+
+
+# --- either format ------------------------------------------------------------------------------
 
 
 def read_manifest(
-    stream: IO[bytes], *, fmt: str | None = None, default_category: str | None = None
+    stream: Readable, *, fmt: str | None = None, default_category: str | None = None
 ) -> Iterator[ManifestEntry]:
-    """Rows of a manifest; ``fmt`` is ``"csv"`` or ``"jsonl"`` (guessed from content if None)."""
+    """Rows of a manifest; ``fmt`` is ``"csv"`` or ``"jsonl"`` (guessed from content if None).
+
+    Content is guessed to be JSON Lines when its first non-blank character is ``{`` or ``[``.
+    Raises :class:`ValueError` for an unknown ``fmt``; everything wrong inside the file comes
+    out as :class:`BadRow` entries.
+    """
+    if fmt not in (None, "csv", "jsonl"):
+        raise ValueError(f"unknown manifest format {fmt!r}; use csv or jsonl")
     if fmt is None:
-        first = stream.read(64)
-        head = first.lstrip(b"\xef\xbb\xbf \t\r\n")
-        fmt = "jsonl" if head.startswith(b"{") else "csv"
-        stream = cast(IO[bytes], _Prefixed(first, stream))
+        first = b""
+        while len(first) < 64 and not first.removeprefix(_BOM).strip():
+            more = stream.readline(64)
+            if not more:
+                break
+            first += more
+        head = first.removeprefix(_BOM).lstrip()
+        fmt = "jsonl" if head.startswith((b"{", b"[")) else "csv"
+        stream = _Prefixed(first, stream)
     if fmt == "jsonl":
         return read_jsonl(stream, default_category)
-    if fmt == "csv":
-        return read_csv(stream, default_category)
-    raise ValueError(f"unknown manifest format {fmt!r}; use csv or jsonl")
+    return read_csv(stream, default_category)
 
 
-class _Prefixed(io.RawIOBase):
-    """``stream`` with ``prefix`` (bytes already read from it to sniff the format) put back."""
+class _Prefixed:
+    """``stream`` with ``prefix`` (bytes already read from it to sniff the format) put back.
 
-    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+    Only ``readline`` is offered: it is all the readers use.
+    """
+
+    def __init__(self, prefix: bytes, stream: Readable) -> None:
         self._prefix = prefix
         self._stream = stream
 
-    def readable(self) -> bool:
-        return True
-
-    def readline(self, size: int | None = -1) -> bytes:
-        if self._prefix:
-            newline = self._prefix.find(b"\n")
-            if newline >= 0:
-                line, self._prefix = self._prefix[: newline + 1], self._prefix[newline + 1 :]
-                return line
-            line, self._prefix = self._prefix, b""
-            limit = -1 if size is None or size < 0 else max(0, size - len(line))
-            return line + (self._stream.readline(limit) if limit != 0 else b"")
-        return self._stream.readline(-1 if size is None else size)
+    def readline(self, size: int = -1, /) -> bytes:
+        limit = max(-1, size)
+        if not self._prefix:
+            return self._stream.readline(limit)
+        newline = self._prefix.find(b"\n")
+        end = len(self._prefix) if newline < 0 else newline + 1
+        if limit >= 0:
+            end = min(end, limit)
+        line, self._prefix = self._prefix[:end], self._prefix[end:]
+        if line.endswith(b"\n") or self._prefix or limit == len(line):
+            return line
+        rest = -1 if limit < 0 else limit - len(line)
+        return line + self._stream.readline(rest)
 
 
 def only_rows(entries: Iterable[ManifestEntry]) -> Iterator[FaceRow]:

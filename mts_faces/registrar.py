@@ -224,7 +224,12 @@ class Registrar:
     """Registers many faces through one :class:`MtsFaceClient`, each row exactly once.
 
     ``concurrency`` bounds calls in flight (default: sized from the quota and the observed
-    latency, at most the client's ``max_connections``).
+    latency, at most the client's ``max_connections``). ``journal`` makes the run resumable;
+    ``check_existing=False`` skips listing the libraries first (the cap then counts this
+    input only). A row whose call keeps failing is retried ``row_retries`` times, waiting
+    ``row_backoff`` × 2ⁿ seconds, on top of the client's own retries; after a lost answer
+    the registrar waits ``ambiguity_settle`` seconds before listing the person. ``stop()``
+    or a cancelled consumer gives calls in flight ``drain_timeout`` seconds to finish.
     """
 
     def __init__(
@@ -239,6 +244,7 @@ class Registrar:
         collect_faces: bool = True,
         buffer_size: int | None = None,
         row_retries: int = 3,
+        row_backoff: float = 2.0,
         ambiguity_settle: float = 1.0,
         drain_timeout: float = 30.0,
         max_idle_persons: int = 10_000,
@@ -253,6 +259,7 @@ class Registrar:
         self.total = total
         self.collect_faces = collect_faces
         self.row_retries = row_retries
+        self.row_backoff = row_backoff
         self.ambiguity_settle = ambiguity_settle
         self.drain_timeout = drain_timeout
         self.max_idle_persons = max_idle_persons
@@ -332,6 +339,10 @@ class Registrar:
         latency = self._latency_ewma if self._latency_ewma is not None else 0.1
         wanted = math.ceil(self.client.qps * latency * 1.5) + 4
         return max(4, min(self._max_workers, wanted))
+
+    def _row_backoff(self, failures: int) -> float:
+        # On top of the client's own quick retries: 2, 4, 8 s by default, at most 30 s.
+        return float(min(30.0, self.row_backoff * 2.0 ** (failures - 1)))
 
     def _observe_latency(self, seconds: float) -> None:
         if self._latency_ewma is None:
@@ -547,6 +558,17 @@ class _Run:
                     outcome = RowOutcome(row, "failed", reason="not sent: the run was stopped")
                 else:
                     outcome = await self.register(person, row)
+            except Exception as exc:
+                # A bug or an unexpected library error: this worker must still account for
+                # the row (or the run would wait for it forever), and the run must stop and
+                # re-raise, since the same fault would hit every other row.
+                logger.exception("row %d: unexpected error; stopping the run", row.row)
+                if self.fatal is None:
+                    self.fatal = exc
+                self.r.stop()
+                outcome = RowOutcome(
+                    row, "failed", reason=f"unexpected error, outcome unknown: {exc!r}"
+                )
             finally:
                 self.in_flight -= 1
                 await self.gate.release()
@@ -603,7 +625,7 @@ class _Run:
                 retryable = isinstance(exc, TransportError) or exc.retryable
                 failures += 1
                 if retryable and failures <= self.r.row_retries:
-                    await asyncio.sleep(min(30.0, 2.0**failures))
+                    await asyncio.sleep(self.r._row_backoff(failures))
                     continue
                 return await self.finish_failed(person, row, exc, _reason(exc))
             self.r._observe_latency(time.monotonic() - sent_at)
@@ -613,16 +635,30 @@ class _Run:
 
     async def find_lost_face(self, person: _Person, row: FaceRow) -> RowOutcome | None:
         """List the person: a stored face with this URL that we did not know is ours."""
-        try:
-            listing = await self.client.list_custom_persons(row.category_id, row.person_id)
-        except MtsFacesError as exc:
-            return await self.finish_failed(
-                person,
-                row,
-                exc,
-                f"could not verify an ambiguous registration: {exc}",
-                in_doubt=True,
-            )
+        failures = 0
+        while True:
+            try:
+                listing = await self.client.list_custom_persons(row.category_id, row.person_id)
+                break
+            except NotFoundError:
+                return None  # no such person (or library): the lost call stored nothing
+            except MtsFacesError as exc:
+                # The client already retried quickly; a busy or flaky service gets the same
+                # slower second chance here as a registration does, before we give up.
+                failures += 1
+                retryable = isinstance(exc, TransportError) or (
+                    isinstance(exc, APIError) and exc.retryable
+                )
+                if retryable and failures <= self.r.row_retries:
+                    await asyncio.sleep(self.r._row_backoff(failures))
+                    continue
+                return await self.finish_failed(
+                    person,
+                    row,
+                    exc,
+                    f"could not verify an ambiguous registration: {exc}",
+                    in_doubt=True,
+                )
         known_ids = set(person.faces.values())
         for _, listed, face in listing.iter_faces():
             if listed.person_id.casefold() != row.person_key[1]:

@@ -26,6 +26,7 @@ from mts_faces import (
     TransportError,
     ValidationError,
 )
+from mts_faces._http import HttpTransport
 
 from .conftest import SECRET, TOKEN
 from .reference import load
@@ -38,6 +39,12 @@ FACE_ID = "c6cc71cb44a9491093818faf9d60abcd"
 def mock() -> Iterator[respx.MockRouter]:
     with respx.mock(base_url=ENDPOINT, assert_all_called=False) as router:
         yield router
+
+
+@pytest.fixture(autouse=True)
+def _httpx_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # respx mocks httpx; the default aiohttp backend is tested on loopback in test_http.py.
+    monkeypatch.setattr(HttpTransport, "default_backend", "httpx")
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Benchmarks of mts-faces against the local emulator: ``python -m benchmarks`` runs them all."""
