@@ -340,6 +340,26 @@ def test_a_waiter_cancelled_after_release_hands_its_turn_on(
     assert third_wait == pytest.approx(1.0, abs=4 * RESOLUTION)
 
 
+async def test_a_free_slot_is_logged_after_the_work_already_queued() -> None:
+    """The start is logged when the caller resumes, not before the tasks queued ahead of it."""
+    work = [0.0]  # a clock that only the queued tasks move: each step "takes" one second
+    limiter = WindowLimiter(1, margin=0.0, warmup=0.0, adaptive=None, clock=lambda: work[0])
+
+    async def busy() -> None:
+        work[0] += 1.0
+
+    async def first() -> float:
+        await limiter.acquire()
+        return work[0]
+
+    caller = asyncio.create_task(first())
+    queued = [asyncio.create_task(busy()) for _ in range(5)]
+    assert await caller == 5.0
+    await asyncio.gather(*queued)
+    # And what was logged is that resumption time: the next slot is a window after it.
+    assert limiter._schedule.earliest(5.0, 1.0) == 6.0
+
+
 def test_ten_thousand_waiters_cost_linear_work() -> None:
     def clock_calls(n: int) -> int:
         calls = 0
