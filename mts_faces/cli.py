@@ -189,6 +189,10 @@ def print_summary(report: RegistrationReport, stream: TextIO | None = None) -> N
     )
     for reason, count in sorted(report.skip_reasons.items(), key=lambda kv: -kv[1]):
         out.write(f"  skipped {count:,}: {reason}\n")
+    for failure in report.first_failures:
+        out.write(f"  failed {failure}\n")
+    if report.failed > len(report.first_failures):
+        out.write(f"  (and {report.failed - len(report.first_failures):,} more failed rows)\n")
     out.write(
         f"elapsed {report.elapsed:.2f} s, {report.calls:,} API calls"
         f" ({report.calls_per_second:.1f} calls/s, {report.registrations_per_second:.1f} faces/s)"

@@ -53,6 +53,10 @@ from .manifest import BadRow, FaceRow, ManifestEntry, build_row
 logger = logging.getLogger("mts_faces.registrar")
 
 Status = Literal["registered", "skipped", "failed"]
+
+# The report keeps the reasons of this many failed rows for its summary; every row's reason
+# is in its own outcome.
+MAX_FAILURES_KEPT = 10
 RowInput = FaceRow | BadRow | Mapping[str, Any]
 
 
@@ -138,6 +142,8 @@ class RegistrationReport:
     faces: dict[tuple[str, str], list[str]] = attrs.field(factory=dict)
     """(category, person) → FaceIds registered (when ``collect_faces``)."""
     skip_reasons: dict[str, int] = attrs.field(factory=dict)
+    first_failures: list[str] = attrs.field(factory=list)
+    """``row N: reason`` of the first failed rows (at most ``MAX_FAILURES_KEPT``)."""
 
     @property
     def calls_per_second(self) -> float:
@@ -715,6 +721,8 @@ class _Run:
             report.skip_reasons[kind] = report.skip_reasons.get(kind, 0) + 1
         else:
             report.failed += 1
+            if len(report.first_failures) < MAX_FAILURES_KEPT:
+                report.first_failures.append(f"row {outcome.row.row}: {outcome.reason}")
         await self.outcomes.put(outcome)
         if self.r.progress_callback is not None:
             self.r.progress_callback(

@@ -150,6 +150,7 @@ def test_demo_registers_every_face_and_shows_the_cap(capsys: pytest.CaptureFixtu
     assert "collected 40 FaceIds for 4 persons" in captured.out
     assert "registered 40" in captured.out
     assert "cap" in captured.out and "duplicate" in captured.out
+    assert "failed row 43: bad row: row 43 (line 44), field ImageUrl" in captured.out
     assert "throttled 0" in captured.err
 
 
