@@ -173,7 +173,8 @@ class MtsFaceClient:
 
     @property
     def current_rate(self) -> float | None:
-        """The limiter's current rate in calls per second, when it reports one (adaptive)."""
+        """The limiter's current rate in calls per second (lowered by throttling when the
+        limiter is adaptive), or None for a limiter that reports none."""
         rate = getattr(self.limiter, "current_rate", None)
         return float(rate) if isinstance(rate, int | float) else None
 
@@ -358,8 +359,10 @@ class MtsFaceClient:
             return json.loads(response.body) if response.body else {}
         except ValueError:
             if 200 <= response.status < 300:
+                # A proxy's page may echo the request URL, and with it a version-1 token.
+                snippet = self.credentials.redact(repr(response.body[:200]))
                 raise ResponseFormatError(
-                    f"answer with HTTP {response.status} is not JSON: {response.body[:200]!r}"
+                    f"answer with HTTP {response.status} is not JSON: {snippet}"
                 ) from None
             return {}
 
@@ -384,7 +387,13 @@ class MtsFaceClient:
     def _final_error(operation: Operation, exc: MtsFacesError) -> MtsFacesError:
         if not operation.idempotent:
             sent_no_answer = isinstance(exc, TransportError) and exc.request_sent
-            if sent_no_answer or (isinstance(exc, APIError) and _may_have_acted(exc)):
+            # A success status whose body we cannot read: the work was most likely done.
+            unreadable_success = isinstance(exc, ResponseFormatError)
+            if (
+                sent_no_answer
+                or unreadable_success
+                or (isinstance(exc, APIError) and _may_have_acted(exc))
+            ):
                 return AmbiguousOutcomeError(operation.action, exc)
         return exc
 

@@ -62,7 +62,7 @@ class Limiter(Protocol):
 
 
 class WindowLimiter:
-    """At most ``qps`` calls start in any ``1 + margin`` seconds, evenly paced, in FIFO order.
+    """At most ``floor(qps)`` calls start in any ``1 + margin`` seconds, evenly paced, FIFO.
 
     Adaptive (unless ``adaptive=None``): bunched throttled answers cut the rate, successes
     bring it back up to ``qps``; :attr:`current_rate` shows where it is. Calls in the first

@@ -1,7 +1,8 @@
 """One table drives the wire format: each operation's action, parameters and answer parser.
 
 Input is validated here, before any network call, against the limits the service documents:
-IDs are non-empty and at most 120 characters, an image URL is http(s) with a host.
+IDs are non-empty and at most 120 characters, an image URL is http(s) with a host; no text
+may hold a lone surrogate (it cannot be signed), and IDs and URLs no control character.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _check_text(field: str, value: object, *, allow_controls: bool = False) -> s
 
 
 def validate_id(field: str, value: str) -> str:
-    """A caller-chosen ID: a non-empty string of at most 120 characters."""
+    """A caller-chosen ID: a non-empty string of at most 120 characters, no control
+    character."""
     _check_text(field, value)
     if not value.strip():
         raise ValidationError(field, "must not be empty")

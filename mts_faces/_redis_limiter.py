@@ -123,7 +123,9 @@ elseif throttles > 0 then
       burst = 0
     end
   end
-elseif successes > 0 and rate < ceiling then
+end
+-- A batch may hold both kinds of feedback; successes count either way, as in AimdRate.
+if adaptive and successes > 0 and rate < ceiling then
   rate = math.min(ceiling, rate + recovery * successes / rate)
 end
 
@@ -231,8 +233,13 @@ class RedisWindowLimiter:
         self._successes = self._throttles = 0
         try:
             reservation = await self._reserve(successes, throttles)
-        except BaseException:
-            # The feedback did not reach the shared rate: keep it for the next acquire.
+        except asyncio.CancelledError:
+            # The script may already have run: sending the feedback again could count a
+            # throttle twice and cut the rate for nothing, so it is dropped instead.
+            raise
+        except Exception:
+            # The feedback most likely did not reach the shared rate: keep it for the next
+            # acquire.
             self._successes += successes
             self._throttles += throttles
             raise

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -22,7 +23,7 @@ from ._client import DEFAULT_QPS, DEFAULT_REGION, MtsFaceClient
 from ._credentials import Credentials
 from ._exceptions import MtsFacesError
 from ._progress import ProgressBar
-from .manifest import BadRow, ManifestEntry, read_manifest
+from .manifest import BadRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -79,32 +80,35 @@ def _count_rows(path: str, fmt: str | None) -> int | None:
     if path == "-" or not os.path.isfile(path):
         return None
     count = 0
+    head = b""
     with open(path, "rb") as handle:
-        head = handle.read(64)
-        handle.seek(0)
         for line in handle:
             if line.strip():
                 count += 1
-    # Same sniffing as read_manifest: JSON Lines start with an object, CSV has a header line.
-    is_csv = fmt == "csv" or (
-        fmt is None and not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
-    )
+                if count == 1:
+                    head = line[:64]
+    # A CSV's first non-blank line is its header. (A quoted cell spanning lines makes this an
+    # estimate; it only feeds the progress bar.)
+    is_csv = (fmt or sniff_format(head)) == "csv"
     return max(0, count - 1) if is_csv else count
 
 
 async def _in_thread(
-    entries: Iterator[ManifestEntry], chunk: int = 512
+    entries: Iterator[ManifestEntry], chunk: int = 512, linger: float = 0.1
 ) -> AsyncIterator[ManifestEntry]:
     """Pull rows in a worker thread: a slow pipe on stdin must not stall the event loop."""
 
     def take() -> tuple[list[ManifestEntry], BaseException | None, bool]:
         # Rows read before a failure (a --strict stop, a read error) still go through: the
         # error is handed back beside them and raised only once they have been yielded.
+        # A batch also ends after ``linger`` seconds, so that a slow producer on a pipe has
+        # its rows registered (and a Ctrl-C noticed) without waiting for a full chunk.
         batch: list[ManifestEntry] = []
+        deadline = time.monotonic() + linger
         try:
             for entry in entries:
                 batch.append(entry)
-                if len(batch) >= chunk:
+                if len(batch) >= chunk or time.monotonic() >= deadline:
                     return batch, None, False
         except Exception as exc:
             return batch, exc, True
@@ -204,10 +208,15 @@ def print_summary(report: RegistrationReport, stream: TextIO | None = None) -> N
 
 def _cmd_register(args: argparse.Namespace) -> int:
     client = _client_from_args(args)
-    total = _count_rows(args.manifest, args.format)
-    stream = _open_manifest(args.manifest)
-    output: TextIO = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
-    try:
+    # The total only feeds the progress bar: without one, the manifest is read once.
+    total = None if args.no_progress else _count_rows(args.manifest, args.format)
+    with contextlib.ExitStack() as files:
+        stream = _open_manifest(args.manifest)
+        if stream is not sys.stdin.buffer:
+            files.callback(stream.close)
+        output: TextIO = sys.stdout
+        if args.output != "-":
+            output = files.enter_context(open(args.output, "w", encoding="utf-8"))
         entries = read_manifest(stream, fmt=args.format, default_category=args.category)
         if args.strict:
             entries = _strict(entries)
@@ -225,17 +234,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
                     concurrency=args.concurrency,
                 )
 
-        report = asyncio.run(main())
-    except StrictModeStop as exc:
-        sys.stderr.write(f"{exc}\n")
-        return EXIT_FAILED_ROWS
-    except asyncio.CancelledError:
-        return EXIT_INTERRUPTED
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-        if output is not sys.stdout:
-            output.close()
+        try:
+            report = asyncio.run(main())
+        except StrictModeStop as exc:
+            sys.stderr.write(f"{exc}\n")
+            return EXIT_FAILED_ROWS
+        except asyncio.CancelledError:
+            return EXIT_INTERRUPTED
     print_summary(report)
     if report.stopped and report.failed == 0:
         return EXIT_INTERRUPTED

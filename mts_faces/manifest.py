@@ -403,6 +403,12 @@ def read_csv(stream: Readable, default_category: str | None = None) -> Iterator[
 # --- either format ------------------------------------------------------------------------------
 
 
+def sniff_format(head: bytes) -> str:
+    """``"jsonl"`` when the first non-blank character of ``head`` is ``{`` or ``[``, else
+    ``"csv"`` (a UTF-8 byte-order mark is skipped)."""
+    return "jsonl" if head.removeprefix(_BOM).lstrip().startswith((b"{", b"[")) else "csv"
+
+
 def read_manifest(
     stream: Readable, *, fmt: str | None = None, default_category: str | None = None
 ) -> Iterator[ManifestEntry]:
@@ -421,8 +427,7 @@ def read_manifest(
             if not more:
                 break
             first += more
-        head = first.removeprefix(_BOM).lstrip()
-        fmt = "jsonl" if head.startswith((b"{", b"[")) else "csv"
+        fmt = sniff_format(first)
         stream = _Prefixed(first, stream)
     if fmt == "jsonl":
         return read_jsonl(stream, default_category)

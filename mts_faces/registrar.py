@@ -41,7 +41,6 @@ from ._exceptions import (
     AuthenticationError,
     MtsFacesError,
     NotFoundError,
-    ThrottlingError,
     TransportError,
     ValidationError,
 )
@@ -178,7 +177,7 @@ class _BloomFilter:
     """A fixed-size set of evicted person keys: a false positive costs one extra listing."""
 
     def __init__(self, bits: int = 1 << 23, hashes: int = 5) -> None:
-        self._bits = bytearray(bits // 8)
+        self._bits = bytearray()  # 1 MiB, allocated on the first eviction only
         self._size = bits
         self._hashes = hashes
 
@@ -190,10 +189,14 @@ class _BloomFilter:
         ]
 
     def add(self, key: tuple[str, str]) -> None:
+        if not self._bits:
+            self._bits = bytearray(self._size // 8)
         for p in self._positions(key):
             self._bits[p >> 3] |= 1 << (p & 7)
 
     def __contains__(self, key: tuple[str, str]) -> bool:
+        if not self._bits:
+            return False
         return all(self._bits[p >> 3] & (1 << (p & 7)) for p in self._positions(key))
 
 
@@ -301,7 +304,8 @@ class Registrar:
         """Register ``rows``; yield each row's outcome as it finishes.
 
         Raises :class:`AuthenticationError` (after in-flight calls end) when the service
-        refuses the credentials, since no further row could succeed.
+        refuses the credentials, since no further row could succeed, and re-raises an
+        unexpected error of a registration (its row is reported failed first).
         """
         started = time.monotonic()
         calls_before = self.client.attempts
@@ -343,7 +347,10 @@ class Registrar:
             return self._fixed_concurrency
         # Little's law: calls in flight = rate × latency; 1.5× and +4 absorb latency spread.
         latency = self._latency_ewma if self._latency_ewma is not None else 0.1
-        wanted = math.ceil(self.client.qps * latency * 1.5) + 4
+        # The limiter's current rate: lower than qps after throttling, or when a shared or
+        # custom limiter was passed in.
+        rate = self.client.current_rate or self.client.qps
+        wanted = math.ceil(rate * latency * 1.5) + 4
         return max(4, min(self._max_workers, wanted))
 
     def _row_backoff(self, failures: int) -> float:
@@ -623,19 +630,21 @@ class _Run:
                     )
                 await asyncio.sleep(self.r.ambiguity_settle)
                 continue
-            except (ThrottlingError, TransportError, APIError) as exc:
+            except (TransportError, APIError) as exc:
                 if isinstance(exc, AuthenticationError) and exc.code != "SignatureNonceUsed":
                     self.fatal = exc
                     self.r.stop()
                     return await self.finish_failed(person, row, exc, f"{exc.code}: {exc.message}")
-                retryable = isinstance(exc, TransportError) or exc.retryable
+                retryable = _retryable(exc)
                 failures += 1
                 if retryable and failures <= self.r.row_retries:
                     await asyncio.sleep(self.r._row_backoff(failures))
                     continue
                 return await self.finish_failed(person, row, exc, _reason(exc))
             self.r._observe_latency(time.monotonic() - sent_at)
-            await self.gate.resize(self.r._target_concurrency())
+            target = self.r._target_concurrency()
+            if target != self.gate.limit:
+                await self.gate.resize(target)
             person.know(row.image_url, face.face_id)
             return await self.finish_registered(row, face.face_id, face.request_id)
 
@@ -652,9 +661,7 @@ class _Run:
                 # The client already retried quickly; a busy or flaky service gets the same
                 # slower second chance here as a registration does, before we give up.
                 failures += 1
-                retryable = isinstance(exc, TransportError) or (
-                    isinstance(exc, APIError) and exc.retryable
-                )
+                retryable = _retryable(exc)
                 if retryable and failures <= self.r.row_retries:
                     await asyncio.sleep(self.r._row_backoff(failures))
                     continue
@@ -745,6 +752,12 @@ def _row_fields(row: FaceRow) -> dict[str, Any]:
         "image_url": row.image_url,
     }
     return fields
+
+
+def _retryable(exc: MtsFacesError) -> bool:
+    """Worth another try later: a transport failure, or an API error the service calls
+    transient (throttling, busy, internal)."""
+    return isinstance(exc, TransportError) or (isinstance(exc, APIError) and exc.retryable)
 
 
 def _reason(exc: MtsFacesError) -> str:

@@ -32,6 +32,7 @@ class FakeClient:
         self.calls: dict[str, int] = {}
         self.attempts = 0
         self.qps = 1000.0
+        self.current_rate: float | None = None
         self.max_connections = 16
         self.fault = fault
         self.max_in_flight_per_person = 0

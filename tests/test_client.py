@@ -355,6 +355,17 @@ async def test_success_body_that_is_not_json_is_a_format_error(
         await client.list_custom_persons()
 
 
+async def test_unreadable_success_of_a_registration_is_ambiguous(
+    mock: respx.MockRouter, client: MtsFaceClient
+) -> None:
+    # The face was most likely stored: the caller must check, not retry blindly.
+    route = mock.post("/").respond(200, content=b"<html>proxy page " + SECRET.encode())
+    with pytest.raises(AmbiguousOutcomeError) as caught:
+        await client.register_custom_face("c", "p", "https://img.example/1.jpg")
+    assert route.call_count == 1
+    assert SECRET not in str(caught.value) and SECRET not in str(caught.value.cause)
+
+
 # --- validation before the network ----------------------------------------------------------
 
 

@@ -257,6 +257,27 @@ async def test_throttling_feedback_from_one_worker_slows_all_of_them(
     assert other.current_rate == pytest.approx(60.0)
 
 
+async def test_successes_count_when_a_batch_also_holds_a_throttle(
+    workers: list[Redis],
+) -> None:
+    fake = FakeTime()
+    policy = AimdPolicy(decrease=0.5, recovery=0.1, floor=0.1, cooldown=1.0, threshold=2)
+    limiter = RedisWindowLimiter(
+        workers[0], key=new_key(), qps=100, adaptive=policy, clock=fake.clock, sleep=fake.sleep
+    )
+    await limiter.acquire()
+    limiter.on_throttled()
+    limiter.on_throttled()
+    await limiter.acquire()
+    assert limiter.current_rate == 50.0
+    fake.now += 5.0
+    limiter.on_throttled()  # a lone throttle: no cut, but it must not hide the successes
+    for _ in range(50):
+        limiter.on_success()
+    await limiter.acquire()
+    assert limiter.current_rate == pytest.approx(60.0)
+
+
 async def test_feedback_survives_a_failed_round_trip() -> None:
     client = Redis(
         host="127.0.0.1", port=_free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)

@@ -126,7 +126,9 @@ class Service:
             signed = self._parse(request)
             host_id = signed.header("host") or host_id
             claimed = signed.header("x-acs-action") or signed.query.get("Action") or "(none)"
-            stats.by_action[claimed] += 1
+            # Counted before the signature check (rejected calls count too), so unknown names
+            # share one bucket: a client sending random actions cannot grow the table.
+            stats.by_action[claimed if claimed in ACTIONS else "(other)"] += 1
             identity = self._verifier.verify(signed, wall_time=self._wall_clock(), now=now)
             stats.signature_versions[identity.signature_version] += 1
             action = identity.action
