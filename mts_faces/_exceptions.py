@@ -69,6 +69,7 @@ class ThrottlingError(APIError):
 
     @property
     def retryable(self) -> bool:
+        """Always: throttling passes once the quota has room again."""
         return True
 
 
@@ -81,7 +82,7 @@ class AuthenticationError(APIError):
 
     @property
     def retryable(self) -> bool:
-        # A reused nonce is the only one a fresh attempt (which draws a new nonce) can fix.
+        """Only for ``SignatureNonceUsed``: a new attempt draws a new nonce."""
         return self.code == "SignatureNonceUsed"
 
 
@@ -94,6 +95,7 @@ class ServerError(APIError):
 
     @property
     def retryable(self) -> bool:
+        """Always: the service was busy or failed; another attempt may succeed."""
         return True
 
 
