@@ -1,5 +1,6 @@
-"""Crash test: ``mts-faces register`` killed with SIGKILL half way, then rerun with the same
-journal. Every row ends accounted for, the store holds one face per row, no FaceId is lost."""
+"""Crash test: ``mts-faces register`` killed with SIGKILL early, half way or late, then rerun
+with the same journal. Every row ends accounted for, the store holds one face per row, no
+FaceId is lost."""
 
 from __future__ import annotations
 
@@ -101,7 +102,9 @@ def records(path: Path) -> list[dict[str, object]]:
     return out
 
 
-def test_kill_half_way_then_resume(emulator: EmulatorThread, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9], ids=["early", "half_way", "late"])
+def test_kill_then_resume(emulator: EmulatorThread, tmp_path: Path, fraction: float) -> None:
+    kill_at = int(ROWS * fraction)
     manifest = write_manifest(tmp_path / "faces.csv")
     journal = tmp_path / "run.journal.jsonl"
     first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
@@ -113,18 +116,18 @@ def test_kill_half_way_then_resume(emulator: EmulatorThread, tmp_path: Path) -> 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    # Kill once half the rows are done and some are in flight (a bounded wait, not a timing).
+    # Kill once that many rows are done and some are in flight (a bounded wait, not a timing).
     deadline = time.monotonic() + 60
     finished = in_flight = 0
     while time.monotonic() < deadline and first.poll() is None:
         finished, in_flight = journal_counts(journal)
-        if finished >= ROWS // 2 and in_flight > 0:
+        if finished >= kill_at and in_flight > 0:
             first.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
     first.wait(30)
     assert first.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
-    assert ROWS // 2 <= finished < ROWS
+    assert kill_at <= finished < ROWS
     killed_done, killed_in_flight = journal_counts(journal)
     assert killed_in_flight > 0
     assert len(records(first_out)) < ROWS
