@@ -332,11 +332,13 @@ class MtsFaceClient:
             }
             if creds.security_token:
                 signed["x-acs-security-token"] = creds.security_token
+            # Built once: what is signed is exactly what is sent.
+            canonical = canonical_query(params)
             signed["authorization"] = v3_authorization(
-                "POST", params, signed, creds.access_key_id, creds.access_key_secret
+                "POST", canonical, signed, creds.access_key_id, creds.access_key_secret
             )
             headers.update(signed)
-            return f"{self.endpoint}/?{canonical_query(params)}", headers
+            return f"{self.endpoint}/?{canonical}", headers
         query = {
             **params,
             "Action": action,
@@ -350,8 +352,9 @@ class MtsFaceClient:
         }
         if creds.security_token:
             query["SecurityToken"] = creds.security_token
-        signature = v1_signature("POST", query, creds.access_key_secret)
-        url = f"{self.endpoint}/?{canonical_query(query)}&Signature={percent_encode(signature)}"
+        canonical = canonical_query(query)
+        signature = v1_signature("POST", canonical, creds.access_key_secret)
+        url = f"{self.endpoint}/?{canonical}&Signature={percent_encode(signature)}"
         return url, headers
 
     def _decode(self, response: RawResponse) -> Any:

@@ -34,16 +34,26 @@ def canonical_query(params: Mapping[str, str]) -> str:
     )
 
 
+Query = Mapping[str, str] | str
+"""Request parameters, or their :func:`canonical_query` already built: the client builds it
+once per attempt and uses it both to sign and as the URL's query string."""
+
+
+def _canonical(query: Query) -> str:
+    return query if isinstance(query, str) else canonical_query(query)
+
+
 # --- version 1 -------------------------------------------------------------------------------
 
 
-def v1_string_to_sign(method: str, params: Mapping[str, str]) -> str:
+def v1_string_to_sign(method: str, params: Query) -> str:
     """``METHOD&%2F&percent-encode(canonical query)`` over every parameter but ``Signature``."""
-    query = canonical_query({k: v for k, v in params.items() if k != "Signature"})
-    return f"{method.upper()}&%2F&{percent_encode(query)}"
+    if not isinstance(params, str) and "Signature" in params:
+        params = {k: v for k, v in params.items() if k != "Signature"}
+    return f"{method.upper()}&%2F&{percent_encode(_canonical(params))}"
 
 
-def v1_signature(method: str, params: Mapping[str, str], access_key_secret: str) -> str:
+def v1_signature(method: str, params: Query, access_key_secret: str) -> str:
     """Base64 HMAC-SHA1 of the version-1 string to sign, keyed with ``secret + "&"``."""
     digest = hmac.new(
         f"{access_key_secret}&".encode(),
@@ -58,7 +68,7 @@ def v1_signature(method: str, params: Mapping[str, str], access_key_secret: str)
 
 def v3_canonical_request(
     method: str,
-    query: Mapping[str, str],
+    query: Query,
     signed_headers: Mapping[str, str],
     payload_sha256: str = EMPTY_BODY_SHA256,
     pathname: str = "/",
@@ -68,14 +78,14 @@ def v3_canonical_request(
     names = ";".join(name for name, _ in headers)
     canonical_headers = "".join(f"{name}:{value}\n" for name, value in headers)
     request = "\n".join(
-        (method.upper(), pathname, canonical_query(query), canonical_headers, names, payload_sha256)
+        (method.upper(), pathname, _canonical(query), canonical_headers, names, payload_sha256)
     )
     return request, names
 
 
 def v3_authorization(
     method: str,
-    query: Mapping[str, str],
+    query: Query,
     signed_headers: Mapping[str, str],
     access_key_id: str,
     access_key_secret: str,
