@@ -29,6 +29,8 @@ class ValidationError(MtsFacesError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = message
+        """What is wrong with the field, without its name."""
 
 
 class APIError(MtsFacesError):

@@ -33,6 +33,8 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "image_url": ("image_url", "imageurl", "url"),
     "person_name": ("person_name", "personname", "name"),
 }
+# Each accepted spelling (casefolded) → our field name, for resolving a header once.
+_ALIAS_TO_FIELD = {alias: field for field, aliases in FIELD_ALIASES.items() for alias in aliases}
 _WIRE_NAMES = {
     "category_id": "CategoryId",
     "person_id": "PersonId",
@@ -148,7 +150,7 @@ def _row_from_fields(
     try:
         return face.validated()
     except ValidationError as exc:
-        return BadRow(row, str(exc).split(": ", 1)[-1], exc.field, line)
+        return BadRow(row, exc.reason, exc.field, line)
 
 
 # --- physical lines -----------------------------------------------------------------------------
@@ -188,8 +190,7 @@ def _lines(stream: Readable) -> Iterator[_Line]:
 
 def _field_named(key: str) -> str | None:
     """The wire name of the field a column or key stands for, if any."""
-    name = key.strip().casefold()
-    field = next((f for f, aliases in FIELD_ALIASES.items() if name in aliases), None)
+    field = _ALIAS_TO_FIELD.get(key.strip().casefold())
     return None if field is None else _WIRE_NAMES[field]
 
 
@@ -332,8 +333,7 @@ def _header_problem(columns: list[str], default_category: str | None) -> str | N
     expected = "category_id, person_id, image_url (optional: person_name)"
     found: dict[str, str] = {}
     for column in columns:
-        name = column.casefold()
-        field = next((f for f, aliases in FIELD_ALIASES.items() if name in aliases), None)
+        field = _ALIAS_TO_FIELD.get(column.casefold())
         if field is None:
             continue
         if field in found:
@@ -376,10 +376,9 @@ def read_csv(stream: Readable, default_category: str | None = None) -> Iterator[
     records.max_cells = len(columns)
     # Resolve the column spellings once, not per row.
     positions = {
-        field: index
+        _ALIAS_TO_FIELD[column.casefold()]: index
         for index, column in enumerate(columns)
-        for field, aliases in FIELD_ALIASES.items()
-        if column.casefold() in aliases
+        if column.casefold() in _ALIAS_TO_FIELD
     }
     row = 0
     for number, cells, problem in entries:

@@ -446,7 +446,7 @@ class _Run:
             try:
                 return row.validated()
             except ValidationError as exc:
-                return BadRow(row.row, str(exc).split(": ", 1)[-1], exc.field)
+                return BadRow(row.row, exc.reason, exc.field)
         if isinstance(item, Mapping):
             return build_row(dict(item), self.read, self.r.default_category)
         return BadRow(self.read, f"unsupported row type {type(item).__name__}")
