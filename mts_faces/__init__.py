@@ -1,5 +1,7 @@
 """Asyncio client, bulk registrar and local emulator for MTS custom-face registration."""
 
+import logging
+
 from ._client import CUSTOM_FACE_REGIONS, MtsFaceClient, endpoint_for_region
 from ._credentials import Credentials
 from ._exceptions import (
@@ -9,9 +11,12 @@ from ._exceptions import (
     ConfigurationError,
     CredentialsError,
     InvalidParameterError,
+    MissingExtraError,
     MtsFacesError,
     NotFoundError,
+    RequestTimeoutError,
     ResponseFormatError,
+    ResponseTooLargeError,
     ServerError,
     ThrottlingError,
     TransportError,
@@ -33,6 +38,9 @@ from ._window import AimdPolicy
 
 __version__ = "0.1.0"
 
+# A library logs, the application decides where to: nothing reaches stderr unless configured.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 __all__ = [
     "CUSTOM_FACE_REGIONS",
     "MAX_FACES_PER_PERSON",
@@ -50,13 +58,16 @@ __all__ = [
     "Face",
     "InvalidParameterError",
     "Limiter",
+    "MissingExtraError",
     "MtsFaceClient",
     "MtsFacesError",
     "NotFoundError",
     "Person",
     "RedisWindowLimiter",
     "RegisteredFace",
+    "RequestTimeoutError",
     "ResponseFormatError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "ServerError",
     "ThrottlingError",
