@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import logging
 import os
 import re
@@ -178,6 +179,11 @@ class HttpTransport:
         await self._impl.aclose()
 
 
+def fast_backend() -> Backend:
+    """``"aiohttp"`` when the ``aiohttp`` extra is installed, else ``"httpx"`` (the CLI's pick)."""
+    return "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
+
+
 # --- httpx -------------------------------------------------------------------------------------
 
 
@@ -267,9 +273,7 @@ class _AiohttpBackend:
         self._max_connections = max_connections
         # Pool wait unbounded: the client's semaphore already queues; the attempt's total
         # deadline bounds the rest.
-        self._timeout = aio.ClientTimeout(
-            total=None, connect=None, sock_connect=connect_timeout
-        )
+        self._timeout = aio.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 

@@ -22,6 +22,7 @@ from typing import IO, Any, TextIO
 from ._client import DEFAULT_QPS, DEFAULT_REGION, MtsFaceClient
 from ._credentials import Credentials
 from ._exceptions import MtsFacesError
+from ._http import fast_backend
 from ._progress import ProgressBar
 from .manifest import BadRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
@@ -59,6 +60,7 @@ def _client_from_args(args: argparse.Namespace, **overrides: Any) -> MtsFaceClie
         qps=args.qps,
         signature_version=args.signature_version,
         allow_insecure_http=args.allow_insecure_http,
+        http_backend=fast_backend(),
     )
     if args.ca_file:
         options["verify"] = args.ca_file
@@ -334,7 +336,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 )
                 credentials = Credentials(key.access_key_id, key.access_key_secret)
                 async with MtsFaceClient(
-                    credentials=credentials, endpoint=emulator.url, qps=args.qps
+                    credentials=credentials,
+                    endpoint=emulator.url,
+                    qps=args.qps,
+                    http_backend=fast_backend(),
                 ) as client:
                     # Opening is instant; rows are then pulled in a worker thread.
                     with open(manifest, "rb") as stream, open(os.devnull, "w") as sink:  # noqa: ASYNC230
