@@ -21,7 +21,8 @@ class InProcessTransport(httpx.AsyncBaseTransport):
     Latency is slept on the caller's loop. A delayed call completes even if the caller gives
     up waiting (as it does behind a socket: the service got it); a dropped connection raises
     ``httpx.RemoteProtocolError``, a hang sleeps its seconds and then raises
-    ``httpx.ReadError``, so the client sees what it would see on the wire.
+    ``httpx.ReadError``, so the client sees what it would see on the wire. :meth:`aclose`
+    ends calls still waiting out their latency with ``httpx.ReadError``.
     """
 
     def __init__(self, service: Service) -> None:
@@ -41,7 +42,17 @@ class InProcessTransport(httpx.AsyncBaseTransport):
             task = asyncio.get_running_loop().create_task(_later(outcome))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-            outcome = await asyncio.shield(task)
+            try:
+                outcome = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if task.cancelled() and current is not None and not current.cancelling():
+                    # Closed under us (aclose), not cancelled by our caller: as a server
+                    # shutting down, the connection ends without an answer.
+                    raise httpx.ReadError(
+                        "the emulator was closed before answering", request=request
+                    ) from None
+                raise
         return await _answer(outcome, request)
 
     async def aclose(self) -> None:
