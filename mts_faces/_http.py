@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 Backend = Literal["httpx", "aiohttp"]
 Verify = bool | str | ssl.SSLContext
 
-DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
-"""Answers above this size are refused (a full ListCustomPersons of a large library fits)."""
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+"""Answers above this size are refused (a listing of a few hundred thousand faces fits)."""
 
 # A V1 query carries the signature and any STS token; error texts never repeat it.
 _QUERY = re.compile(r"\?[^\s'\"<>)]*")
@@ -388,7 +388,9 @@ def _check_length(declared: str | None, limit: int) -> None:
 def _too_large(limit: int, declared: int | None = None) -> ResponseTooLargeError:
     size = f"declares {declared} bytes" if declared is not None else "is larger"
     return ResponseTooLargeError(
-        f"answer {size}, above max_response_bytes={limit}; refused unread", request_sent=True
+        f"answer {size}, above max_response_bytes={limit}; refused unread (a listing of a "
+        "very large library may need a higher max_response_bytes)",
+        request_sent=True,
     )
 
 
