@@ -138,7 +138,7 @@ class MtsFaceClient:
         transport: an ``httpx.AsyncBaseTransport`` for the client built here
             (``httpx.MockTransport``, the emulator's in-process transport); closed with it.
         http_backend: ``"httpx"`` (default; what respx intercepts) or ``"aiohttp"``, the
-            fast path at a fraction of the CPU per call (``pip install 'mts-faces[aiohttp]'``).
+            fast path at a fraction of the CPU per call (the ``aiohttp`` extra).
         max_response_bytes: answers larger than this are refused as they stream in
             (:class:`ResponseTooLargeError`), never buffered whole.
     """

@@ -102,7 +102,7 @@ class HttpTransport:
         transport: an ``httpx.AsyncBaseTransport`` under a client of ours (``MockTransport``,
             the emulator's in-process transport); closed with this object.
         backend: ``"httpx"`` (default: :attr:`default_backend`) or ``"aiohttp"`` (the fast
-            path, ``pip install 'mts-faces[aiohttp]'``).
+            path, the ``aiohttp`` extra).
         max_response_bytes: answers above this many bytes are refused as they stream in.
     """
 
@@ -256,8 +256,9 @@ class _AiohttpBackend:
     """aiohttp session created on first use, inside the running event loop it belongs to."""
 
     def __init__(self, connect_timeout: float, max_connections: int, verify: Verify) -> None:
-        self._aiohttp = import_extra("aiohttp", "aiohttp", "http_backend='aiohttp'")
-        yarl = import_extra("yarl", "aiohttp", "http_backend='aiohttp'")
+        self._aiohttp = import_extra("aiohttp", "http_backend='aiohttp'")
+        import yarl  # a dependency of aiohttp
+
         self._url = yarl.URL
         aio = self._aiohttp
         # aiohttp raises these before a byte of the request can have left: refused

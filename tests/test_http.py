@@ -493,7 +493,7 @@ def test_missing_aiohttp_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None
     import sys
 
     monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if not installed
-    with pytest.raises(MissingExtraError, match=r"pip install 'mts-faces\[aiohttp\]'") as info:
+    with pytest.raises(MissingExtraError, match=r"pip install '\.\[aiohttp\]'") as info:
         MtsFaceClient(access_key_id="i", access_key_secret="s", http_backend="aiohttp")
     assert info.value.extra == "aiohttp"
     MtsFaceClient(access_key_id="i", access_key_secret="s")  # the default needs no extra
