@@ -497,3 +497,20 @@ def test_missing_aiohttp_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None
         MtsFaceClient(access_key_id="i", access_key_secret="s", http_backend="aiohttp")
     assert info.value.extra == "aiohttp"
     MtsFaceClient(access_key_id="i", access_key_secret="s")  # the default needs no extra
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
+async def test_a_bad_per_call_timeout_is_refused_before_any_request(bad: float) -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"RequestId": "r"})
+
+    async with MtsFaceClient(
+        access_key_id="i", access_key_secret="s", transport=httpx.MockTransport(handler)
+    ) as client:
+        with pytest.raises(ConfigurationError, match="timeout must be > 0"):
+            await client.list_custom_persons(timeout=bad)
+        await client.list_custom_persons(timeout=5)
+    assert len(sent) == 1
