@@ -63,16 +63,24 @@ class InProcessTransport(httpx.AsyncBaseTransport):
 
 
 async def _later(deferred: Deferred) -> Outcome:
-    if deferred.delay > 0:
-        await asyncio.sleep(deferred.delay)
-    return deferred.finish()
+    outcome: Outcome | Deferred = deferred
+    while isinstance(outcome, Deferred):  # a delay may lead to another (network, then service)
+        if outcome.delay > 0:
+            await asyncio.sleep(outcome.delay)
+        outcome = outcome.finish()
+    return outcome
 
 
 async def _answer(outcome: Outcome, request: httpx.Request) -> httpx.Response:
     if isinstance(outcome, Reply):
         return httpx.Response(
             outcome.status,
-            headers=[("content-type", JSON_CONTENT_TYPE), ("x-acs-request-id", outcome.request_id)],
+            headers=[
+                ("content-type", JSON_CONTENT_TYPE),
+                ("x-acs-request-id", outcome.request_id),
+                # Any headers the service adds to its reply, as the socket server sends them.
+                *getattr(outcome, "headers", ()),
+            ],
             content=outcome.body,
             request=request,
         )
