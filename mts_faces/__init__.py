@@ -1,7 +1,7 @@
 """Asyncio client, bulk registrar and local emulator for MTS custom-face registration."""
 
 from ._client import CUSTOM_FACE_REGIONS, MtsFaceClient, endpoint_for_region
-from ._credentials import Credentials
+from ._credentials import AlibabaCloudCredentials, Credentials, CredentialsProvider
 from ._exceptions import (
     AmbiguousOutcomeError,
     APIError,
@@ -40,12 +40,14 @@ __all__ = [
     "APIError",
     "Acknowledgement",
     "AimdPolicy",
+    "AlibabaCloudCredentials",
     "AmbiguousOutcomeError",
     "AuthenticationError",
     "Category",
     "ConfigurationError",
     "Credentials",
     "CredentialsError",
+    "CredentialsProvider",
     "CustomPersons",
     "Face",
     "InvalidParameterError",
