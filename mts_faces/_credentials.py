@@ -119,7 +119,8 @@ class AlibabaCloudCredentials:
     makes blocking HTTP calls), one at a time. The credentials are asked for again every
     ``refresh_interval`` seconds, in the background while the last ones keep signing; a
     caller waits only for the very first credentials. A failed background refresh is logged
-    and the last credentials stay in use until the next try.
+    and the last credentials stay in use until the next try; when there are none yet, calls
+    fail with the same :class:`CredentialsError` until the next try.
 
     Args:
         provider: any credentials provider of ``alibabacloud-credentials`` (an object with a
@@ -148,6 +149,7 @@ class AlibabaCloudCredentials:
         self._due = 0.0
         self._seen: list[Credentials] = []
         self._refresh: asyncio.Future[Credentials] | None = None
+        self._failure: str | None = None
 
     def __repr__(self) -> str:
         return f"AlibabaCloudCredentials(access_key_id={self.access_key_id!r})"
@@ -168,6 +170,10 @@ class AlibabaCloudCredentials:
                 self._start_refresh()  # in the background; the current ones keep signing
             return current
         if self._refresh is None:
+            if self._failure is not None and self._clock() < self._due:
+                # The chain found nothing a moment ago: say so again without asking it (its
+                # metadata-server timeouts would otherwise slow down every call).
+                raise CredentialsError(self._failure)
             self._start_refresh()
         assert self._refresh is not None
         # Shielded: one caller cancelled does not cancel the others' refresh.
@@ -190,6 +196,7 @@ class AlibabaCloudCredentials:
         if refresh.cancelled():
             return
         error = refresh.exception()
+        self._failure = None if error is None or self._current is not None else str(error)
         if error is None:
             fresh = refresh.result()
             if fresh != self._current:

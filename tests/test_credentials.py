@@ -173,12 +173,20 @@ async def test_no_credentials_at_first_is_an_error_and_the_next_call_asks_again(
         OfficialCredentials("id-a", SECRET_A, None),
     ]
     provider.release.set()
-    chain = AlibabaCloudCredentials(provider)
+    clock = Clock()
+    chain = AlibabaCloudCredentials(provider, refresh_interval=30, clock=clock)
     with pytest.raises(CredentialsError, match="ALIBABA_CLOUD_ACCESS_KEY_ID") as info:
         await chain.get_credentials()
     assert "unable to load credentials" in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+    # Until the next try, calls fail at once with the same message, without asking again.
+    clock.now += 29
+    with pytest.raises(CredentialsError, match="unable to load credentials"):
+        await chain.get_credentials()
+    assert provider.calls == 1
+    clock.now += 2
     got = await chain.get_credentials()
+    assert provider.calls == 2
     assert got.access_key_id == "id-a" and got.security_token is None
 
 
@@ -224,8 +232,7 @@ def test_without_the_extra_the_chain_names_it(monkeypatch: pytest.MonkeyPatch) -
     assert isinstance(MtsFaceClient().credentials, Credentials)
 
 
-def test_with_the_extra_a_bare_client_uses_the_official_chain() -> None:
-    pytest.importorskip("alibabacloud_credentials")
+def test_with_the_extra_a_bare_client_uses_the_official_chain(official_chain: None) -> None:
     client = MtsFaceClient()  # no keys, no environment: nothing is fetched yet
     assert isinstance(client.credentials, AlibabaCloudCredentials)
     assert "access_key_id=None" in repr(client)

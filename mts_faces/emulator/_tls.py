@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from .._exceptions import ConfigurationError
+from .._extras import install_hint
 from ._config import EmulatorConfig
 
 
@@ -22,9 +24,9 @@ def _trustme() -> Any:
     try:
         import trustme
     except ImportError:
-        raise RuntimeError(
-            "TLS with a certificate made on the spot needs the trustme package: "
-            "pip install 'mts-faces[emulator-tls]' (or pass certfile and keyfile)"
+        raise ConfigurationError(
+            "TLS with a certificate made on the spot needs the optional package 'trustme': "
+            f"{install_hint('emulator-tls')}; or pass certfile and keyfile"
         ) from None
     return trustme
 
