@@ -104,7 +104,10 @@ def command_logging(level: int) -> Iterator[None]:
     handler.setLevel(level)
     saved = logger.level
     logger.addHandler(handler)
-    logger.setLevel(level)
+    if logger.getEffectiveLevel() > level:
+        # Lowered only: whoever configured more detail (an embedding app, a test) keeps it;
+        # the handler prints ``level`` and above either way.
+        logger.setLevel(level)
     try:
         yield
     finally:
