@@ -10,6 +10,7 @@ import asyncio
 import ssl
 
 from . import _errors as errors
+from ._admin import admin_reply, is_admin
 from ._http11 import CONTINUE, HttpError, ParsedRequest, RequestParser, response_bytes
 from ._service import JSON_CONTENT_TYPE, Deferred, Hang, Outcome, Reply, Request, Service
 
@@ -121,6 +122,10 @@ class _Connection(asyncio.Protocol):
             self._dispatch(request)
 
     def _dispatch(self, request: ParsedRequest) -> None:
+        if is_admin(request.target):
+            service = self._server.service
+            self._apply(admin_reply(service, request.method, request.target), request)
+            return
         outcome = self._server.service.handle(
             Request(request.method, request.target, request.headers, request.body)
         )
