@@ -51,8 +51,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-faces", type=int, default=10, help="faces per person")
     parser.add_argument("--seed", type=int, help="seed for faults, jitter and FaceIds")
     faults = parser.add_argument_group("faults (rates are 0..1 per call)")
-    faults.add_argument("--latency", type=non_negative, default=0.0, help="seconds per call")
-    faults.add_argument("--jitter", type=non_negative, default=0.0, help="plus 0..JITTER s")
+    faults.add_argument(
+        "--latency", type=non_negative, default=0.0, help="seconds added to each call"
+    )
+    faults.add_argument("--jitter", type=non_negative, default=0.0, help="plus uniform 0..JITTER s")
     faults.add_argument(
         "--latency-actions", type=_actions, help="comma-separated actions (default: all)"
     )
