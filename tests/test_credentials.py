@@ -4,9 +4,11 @@ refreshes in the background, and never shows a secret."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -18,6 +20,8 @@ from mts_faces import (
     CredentialsProvider,
     MtsFaceClient,
 )
+from mts_faces._http import RawResponse
+from mts_faces._signing import v1_string_to_sign
 from mts_faces.emulator import AccessKey, Emulator, EmulatorConfig
 
 SECRET_A, TOKEN_A = "Sec/A+=xSECAx1", "CAIS/A+=xTOKAx1"
@@ -283,3 +287,60 @@ async def test_each_attempt_signs_with_the_providers_current_keys(signature_vers
                 await client.list_custom_persons()
         assert emulator.stats.accepted == 2
     assert provider.calls == 3
+
+
+class EchoingTransport:
+    """Answers like the service does a bad signature: echoing the string it signed, where a
+    version-1 SecurityToken appears percent-encoded."""
+
+    async def post(self, url: str, headers: Any) -> RawResponse:
+        query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        echoed = v1_string_to_sign("POST", query)
+        body = {"RequestId": "R1", "Code": "SignatureDoesNotMatch", "Message": echoed}
+        return RawResponse(400, {}, json.dumps(body).encode())
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_secrets_from_the_chain_are_redacted_from_the_services_echo(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import traceback
+
+    clock = Clock()
+    provider = BlockingProvider()
+    provider.answers = [
+        OfficialCredentials("id-a", SECRET_A, TOKEN_A),
+        OfficialCredentials("id-b", SECRET_B, TOKEN_B),
+    ]
+    provider.release.set()
+    chain = AlibabaCloudCredentials(provider, refresh_interval=10, clock=clock)
+    caplog.set_level(logging.DEBUG)
+    errors = []
+    async with MtsFaceClient(
+        credentials=chain,
+        signature_version=1,
+        max_retries=0,
+        transport=EchoingTransport(),  # type: ignore[arg-type]
+    ) as client:
+        for _ in range(2):  # signed with A, then (after a refresh) with B
+            with pytest.raises(AuthenticationError) as info:
+                await client.list_custom_persons()
+            errors.append(info.value)
+            clock.now += 11
+            await chain.get_credentials()
+            for _ in range(500):
+                if chain.access_key_id == "id-b":
+                    break
+                await asyncio.sleep(0.01)
+        shown = [repr(client), repr(chain), str(client.__dict__)]
+    assert chain.access_key_id == "id-b"
+    for error, key_id in zip(errors, ("id-a", "id-b"), strict=True):
+        assert f"AccessKeyId%3D{key_id}%26" in error.message
+        assert "SecurityToken%3D***%26" in error.message  # redacted, not dropped
+    text = "\n".join(
+        [*shown, caplog.text, *("".join(traceback.format_exception(e)) for e in errors)]
+    )
+    for core in ("xSECAx1", "xTOKAx1", "xSECBx2", "xTOKBx2"):
+        assert core not in text
