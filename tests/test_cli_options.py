@@ -89,6 +89,18 @@ def test_bad_emulator_settings_are_usage_errors(
     assert "Traceback" not in err and err.startswith("mts-faces emulate: ")
 
 
+def test_an_unusable_certificate_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for path in (tmp_path / "missing.pem", junk):
+        assert main(["emulate", "--certfile", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert f"cannot load the certificate {path}" in captured.err
+        assert "Traceback" not in captured.err and captured.out == ""
+
+
 def test_tls_without_trustme_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
