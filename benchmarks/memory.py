@@ -20,11 +20,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
+
 from mts_faces import MtsFaceClient
-from mts_faces._http import RawResponse
 from mts_faces.manifest import FaceRow
 from mts_faces.registrar import Registrar
 
@@ -32,18 +33,15 @@ EMPTY_LISTING = json.dumps({"RequestId": "r", "Categories": {"Category": []}}).e
 SIZES = (100_000, 1_000_000)
 
 
-class InstantTransport:
+class InstantTransport(httpx.AsyncBaseTransport):
     """Answers every call at once: a FaceId for a registration, an empty library for a list."""
 
-    async def post(self, url: str, headers: Mapping[str, str]) -> RawResponse:
-        if headers.get("x-acs-action") == "ListCustomPersons":
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("x-acs-action") == "ListCustomPersons":
             body = EMPTY_LISTING
         else:
             body = b'{"RequestId":"r","FaceId":"%s"}' % uuid.uuid4().hex.encode()
-        return RawResponse(200, {}, body)
-
-    async def aclose(self) -> None:
-        pass
+        return httpx.Response(200, content=body)
 
 
 class NoLimit:
@@ -79,7 +77,7 @@ async def measure(rows: int) -> dict[str, Any]:
         access_key_secret="bench-secret",
         endpoint="http://127.0.0.1:9",
         limiter=NoLimit(),
-        transport=InstantTransport(),  # type: ignore[arg-type]
+        transport=InstantTransport(),
     )
     registrar = Registrar(client, concurrency=64, collect_faces=False)
     baseline = _rss_mb()

@@ -30,7 +30,13 @@ from ._exceptions import (
     TransportError,
     api_error,
 )
-from ._http import DEFAULT_MAX_RESPONSE_BYTES, Backend, HttpTransport, RawResponse
+from ._http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Backend,
+    HttpTransport,
+    RawResponse,
+    check_seconds,
+)
 from ._limiter import Limiter, WindowLimiter
 from ._models import Acknowledgement, CustomPersons, RegisteredFace
 from ._operations import (
@@ -175,6 +181,8 @@ class MtsFaceClient:
             raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
         if not qps >= 1:
             raise ConfigurationError(f"qps must be >= 1, got {qps}")
+        check_seconds("timeout", timeout)
+        check_seconds("connect_timeout", connect_timeout)
         self.credentials = resolve_credentials(
             access_key_id, access_key_secret, security_token, credentials
         )
@@ -195,21 +203,17 @@ class MtsFaceClient:
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
         # spent while the call queues for the pool (that would bunch requests at the server).
         self._slots = asyncio.Semaphore(max_connections)
-        self._transport: HttpTransport
-        if transport is not None and not hasattr(transport, "handle_async_request"):
-            # An object with HttpTransport's post/aclose (tests, benchmarks): used as is.
-            self._transport = transport  # type: ignore[assignment]
-        else:
-            self._transport = HttpTransport(
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-                max_connections=max_connections,
-                verify=verify,
-                http_client=http_client,
-                transport=transport,
-                backend=http_backend,
-                max_response_bytes=max_response_bytes,
-            )
+        self._transport = HttpTransport(
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            verify=verify,
+            http_client=http_client,
+            transport=transport,
+            backend=http_backend,
+            max_response_bytes=max_response_bytes,
+            redact=self.credentials.redact,
+        )
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -339,8 +343,8 @@ class MtsFaceClient:
 
         ``timeout``: total seconds per attempt for this call (default: the client's).
         """
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         params = operation.build_params(values)
         retry = 0
         while True:
@@ -380,19 +384,18 @@ class MtsFaceClient:
         attempt: int,
         timeout: float | None,  # noqa: ASYNC109 (per attempt)
     ) -> dict[str, Any]:
-        # Before the slots: a provider's first fetch must not hold a connection or rate slot.
-        creds = await self.credentials.get_credentials()
         async with self._slots:
             await self.limiter.acquire()
+            # Once per attempt, after the waits and just before signing: credentials refreshed
+            # while this call queued are the ones it signs with. (Only the very first fetch of
+            # a provider makes a caller wait here, slot in hand.)
+            creds = await self.credentials.get_credentials()
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
             url, headers = self._sign(operation.action, params, creds)
             self.attempts += 1
             started = time.perf_counter()
             try:
-                if timeout is None:
-                    response = await self._transport.post(url, headers)
-                else:
-                    response = await self._transport.post(url, headers, timeout=timeout)
+                response = await self._transport.post(url, headers, timeout=timeout)
             except TransportError as exc:
                 logger.debug(
                     "%s attempt %d failed after %.1f ms: %s",

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -22,26 +23,54 @@ from urllib.parse import quote_plus
 import attrs
 
 from ._exceptions import CredentialsError
+from ._extras import missing_module_message
 from ._signing import percent_encode
 
 logger = logging.getLogger("mts_faces.credentials")
 
-CREDENTIALS_EXTRA = "credentials"
-"""The extra that brings Alibaba Cloud's credentials chain: ``pip install '.[credentials]'``."""
 _OFFICIAL_PACKAGE = "alibabacloud_credentials"
+# The library logs every failed lookup at WARNING, with a traceback, through a handler of its
+# own on this logger, straight to stderr.
+_OFFICIAL_LOGGER = "credentials"
 
 ENV_ACCESS_KEY_ID = "ALIBABA_CLOUD_ACCESS_KEY_ID"
 ENV_ACCESS_KEY_SECRET = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
 ENV_SECURITY_TOKEN = "ALIBABA_CLOUD_SECURITY_TOKEN"
 
 
+def _header_safe(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """Each part travels in a header or the query: printable ASCII with no space or control
+    character. The value is never echoed (it may be the secret)."""
+    if value is None and attribute.name == "security_token":
+        return
+    if not isinstance(value, str):
+        raise CredentialsError(f"{attribute.name} must be a string, got {type(value).__name__}")
+    bad = next((c for c in value if not "\x21" <= c <= "\x7e"), None)
+    if bad is not None:
+        if bad == " ":
+            what = "a space"
+        elif bad.isascii():
+            what = "a control character"
+        else:
+            what = "a non-ASCII character"
+        raise CredentialsError(
+            f"{attribute.name} contains {what} at position {value.index(bad)} "
+            "(check for a stray newline or a copy-paste artefact); AccessKeys and STS tokens "
+            "are printable ASCII"
+        )
+
+
 @attrs.frozen
 class Credentials:
-    """An AccessKey pair, plus an STS security token when the pair is temporary."""
+    """An AccessKey pair, plus an STS security token when the pair is temporary.
 
-    access_key_id: str
-    access_key_secret: str = attrs.field(repr=False)
-    security_token: str | None = attrs.field(default=None, repr=False)
+    Each part must be printable ASCII without spaces (it travels in a header or the query):
+    anything else is a :class:`CredentialsError` that names the part, never its value.
+    """
+
+    access_key_id: str = attrs.field(validator=_header_safe)
+    access_key_secret: str = attrs.field(repr=False, validator=_header_safe)
+    security_token: str | None = attrs.field(default=None, repr=False, validator=_header_safe)
 
     def __repr__(self) -> str:
         # attrs would still show the field names; say outright that the secrets are hidden.
@@ -214,6 +243,8 @@ class AlibabaCloudCredentials:
             if self._provider is None:
                 module = importlib.import_module(f"{_OFFICIAL_PACKAGE}.provider")
                 self._provider = module.DefaultCredentialsProvider()
+            if _OFFICIAL_PACKAGE in sys.modules:
+                _quiet_official_logger()
             got = self._provider.get_credentials()
             key_id = got.get_access_key_id()
             secret = got.get_access_key_secret()
@@ -236,11 +267,34 @@ def _missing_extra_message(missing_env: list[str] | None = None) -> str:
         f"(and {ENV_SECURITY_TOKEN} for STS credentials)"
     )
     if not official_chain_available():
-        message += (
-            f"; for profile files, ECS RAM roles and OIDC install the {CREDENTIALS_EXTRA!r} "
-            f"extra (from a checkout: pip install '.[{CREDENTIALS_EXTRA}]')"
+        hint = missing_module_message(
+            _OFFICIAL_PACKAGE, "reading profile files, ECS RAM roles and OIDC"
         )
+        message += f"; {hint}"
     return message
+
+
+_quieted = False
+
+
+def _quiet_official_logger() -> None:
+    """Take the library's own stderr handler off its logger (once, after it is imported).
+
+    Its records then reach only what the application configured (propagation is untouched);
+    with nothing configured they are dropped rather than printed by logging's last resort.
+    Our own error (the :class:`CredentialsError` at the first call, our warning when a
+    refresh fails) says what went wrong.
+    """
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    official = logging.getLogger(_OFFICIAL_LOGGER)
+    for handler in list(official.handlers):
+        if type(handler) is logging.StreamHandler and handler.formatter is None:
+            official.removeHandler(handler)
+    if not any(isinstance(h, logging.NullHandler) for h in official.handlers):
+        official.addHandler(logging.NullHandler())
 
 
 def resolve_credentials(

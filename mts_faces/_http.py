@@ -24,10 +24,11 @@ import asyncio
 import functools
 import importlib.util
 import logging
+import math
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import attrs
@@ -55,20 +56,45 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _QUERY = re.compile(r"\?[^\s'\"<>)]*")
 
 
+def check_seconds(field: str, value: float) -> float:
+    """``value`` if it is a finite number of seconds above 0, else :class:`ConfigurationError`
+    naming ``field`` (the one check of every timeout option)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(f"{field} must be > 0 seconds (a finite number), got {value!r}")
+    return value
+
+
+def _no_redaction(text: str) -> str:
+    return text
+
+
 class _RedactQueryToken(logging.Filter):
-    """Hide a version-1 ``SecurityToken`` in the request URLs that httpx logs at INFO."""
+    """Hide a version-1 ``SecurityToken`` in the request URLs that httpx logs at INFO.
+
+    A filter runs only for records whose level is enabled; the message is formatted once
+    here and kept, so a handler does not format it again.
+    """
 
     _TOKEN = re.compile(r"(SecurityToken=)[^&\s\"']+")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "SecurityToken=" in message:
-            record.msg, record.args = self._TOKEN.sub(r"\1***", message), None
+        if record.args or "SecurityToken=" in str(record.msg):
+            message = record.getMessage()
+            if "SecurityToken=" in message:
+                message = self._TOKEN.sub(r"\1***", message)
+            record.msg, record.args = message, None
         return True
 
 
 _redact_filter = _RedactQueryToken()
-logging.getLogger("httpx").addFilter(_redact_filter)
+# httpcore's DEBUG trace names hosts and methods, not URLs; filtered too in case it ever does.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).addFilter(_redact_filter)
 
 
 @attrs.frozen
@@ -104,6 +130,8 @@ class HttpTransport:
         backend: ``"httpx"`` (default: :attr:`default_backend`) or ``"aiohttp"`` (the fast
             path, the ``aiohttp`` extra).
         max_response_bytes: answers above this many bytes are refused as they stream in.
+        redact: applied to every error text (the credentials' ``redact``: a library's error
+            may quote a header or the URL, where a token travels).
     """
 
     default_backend: ClassVar[Backend] = "httpx"
@@ -120,6 +148,7 @@ class HttpTransport:
         transport: httpx.AsyncBaseTransport | None = None,
         backend: Backend | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        redact: Callable[[str], str] = _no_redaction,
     ) -> None:
         lent = http_client is not None or transport is not None
         if http_client is not None and transport is not None:
@@ -129,8 +158,13 @@ class HttpTransport:
                 "http_client and transport are httpx objects; they cannot be used with "
                 "http_backend='aiohttp'"
             )
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
+        check_seconds("timeout", timeout)
+        check_seconds("connect_timeout", connect_timeout)
+        if transport is not None and not _is_httpx_transport(transport):
+            raise ConfigurationError(
+                "transport must be an httpx.AsyncBaseTransport (httpx.MockTransport, the "
+                f"emulator's transport()), got {type(transport).__name__}"
+            )
         if max_response_bytes < 1:
             raise ConfigurationError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         self.backend: Backend = "httpx" if lent else (backend or self.default_backend)
@@ -138,10 +172,10 @@ class HttpTransport:
         self.max_response_bytes = max_response_bytes
         self._impl: _Backend
         if self.backend == "aiohttp":
-            self._impl = _AiohttpBackend(connect_timeout, max_connections, verify)
+            self._impl = _AiohttpBackend(connect_timeout, max_connections, verify, redact)
         elif self.backend == "httpx":
             self._impl = _HttpxBackend(
-                connect_timeout, max_connections, verify, http_client, transport
+                connect_timeout, max_connections, verify, http_client, transport, redact
             )
         else:
             raise ConfigurationError(f"http_backend must be 'httpx' or 'aiohttp', got {backend!r}")
@@ -158,9 +192,7 @@ class HttpTransport:
         Failures become :class:`TransportError`; the deadline, :class:`RequestTimeoutError`;
         an answer too large, :class:`ResponseTooLargeError`.
         """
-        deadline = self.timeout if timeout is None else timeout
-        if not deadline > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
+        deadline = self.timeout if timeout is None else check_seconds("timeout", timeout)
         scope = asyncio.timeout(deadline)
         try:
             async with scope:
@@ -177,6 +209,12 @@ class HttpTransport:
     async def aclose(self) -> None:
         """Close the pool (a lent httpx client stays open: its owner closes it)."""
         await self._impl.aclose()
+
+
+def _is_httpx_transport(transport: object) -> bool:
+    import httpx
+
+    return isinstance(transport, httpx.AsyncBaseTransport)
 
 
 def fast_backend() -> Backend:
@@ -197,10 +235,20 @@ class _HttpxBackend:
         verify: Verify,
         http_client: httpx.AsyncClient | None,
         transport: httpx.AsyncBaseTransport | None,
+        redact: Callable[[str], str],
     ) -> None:
         import httpx
 
-        self._httpx = httpx
+        self._errors = _ErrorKinds(
+            caught=(httpx.TransportError, httpx.DecodingError, httpx.InvalidURL, UnicodeError),
+            # The connection (or a pool slot) was never had: nothing can have left.
+            not_sent=(httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout),
+            invalid=(httpx.UnsupportedProtocol, httpx.InvalidURL),
+            # A header h11 refuses or one that is not ASCII: refused before it was written.
+            local=(httpx.LocalProtocolError, UnicodeError),
+            timeouts=(httpx.TimeoutException,),
+            redact=redact,
+        )
         self._owns_client = http_client is None
         if http_client is None:
             limits = httpx.Limits(
@@ -221,28 +269,18 @@ class _HttpxBackend:
         self._client = http_client
 
     async def post(self, url: str, headers: Mapping[str, str], limit: int) -> RawResponse:
-        httpx = self._httpx
         try:
             # follow_redirects=False holds for a lent client too: a signed request goes nowhere
             # else than the endpoint it was signed for.
             async with self._client.stream(
                 "POST", url, headers=headers, follow_redirects=False
             ) as response:
-                _check_length(response.headers.get("content-length"), limit)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(limit)
-                    chunks.append(chunk)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise _not_sent(exc) from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise _not_sent(exc, retryable=False) from exc
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise _sent(exc) from exc
-        return RawResponse(response.status_code, response.headers, b"".join(chunks))
+                declared = response.headers.get("content-length", "")
+                _check_length(int(declared) if declared.isdigit() else None, limit)
+                body = await _read_capped(response.aiter_bytes(), limit)
+        except self._errors.caught as exc:
+            raise self._errors.classify(exc) from exc
+        return RawResponse(response.status_code, response.headers, body)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -255,21 +293,35 @@ class _HttpxBackend:
 class _AiohttpBackend:
     """aiohttp session created on first use, inside the running event loop it belongs to."""
 
-    def __init__(self, connect_timeout: float, max_connections: int, verify: Verify) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        max_connections: int,
+        verify: Verify,
+        redact: Callable[[str], str],
+    ) -> None:
         self._aiohttp = import_extra("aiohttp", "http_backend='aiohttp'")
         import yarl  # a dependency of aiohttp
 
         self._url = yarl.URL
         aio = self._aiohttp
-        # aiohttp raises these before a byte of the request can have left: refused
-        # connections, DNS and TLS handshake failures. A failure while writing on an open
-        # connection is a plain ClientOSError and counts as sent.
-        self._not_sent: tuple[type[BaseException], ...] = (
-            aio.ClientConnectorError,
-            aio.ConnectionTimeoutError,
-            aio.ServerFingerprintMismatch,
+        self._errors = _ErrorKinds(
+            caught=(aio.ClientError, OSError, ValueError),
+            # aiohttp raises these before a byte of the request can have left: refused
+            # connections, DNS and TLS handshake failures. A failure while writing on an open
+            # connection is a plain ClientOSError and counts as sent.
+            not_sent=(
+                aio.ClientConnectorError,
+                aio.ConnectionTimeoutError,
+                aio.ServerFingerprintMismatch,
+            ),
+            invalid=(aio.InvalidURL, aio.NonHttpUrlClientError),
+            # aiohttp checks header values (no CR or LF) as it builds the request: a
+            # ValueError outside its own ClientError family, raised before anything is written.
+            local=(ValueError,),
+            timeouts=(aio.ConnectionTimeoutError,),
+            redact=redact,
         )
-        self._invalid: tuple[type[BaseException], ...] = (aio.InvalidURL, aio.NonHttpUrlClientError)
         self._ssl = _aiohttp_ssl(verify)
         self._max_connections = max_connections
         # Pool wait unbounded: the client's semaphore already queues; the attempt's total
@@ -311,29 +363,16 @@ class _AiohttpBackend:
             async with session.post(
                 self._url(url, encoded=True), headers=headers, allow_redirects=False
             ) as response:
-                length = response.content_length
-                if length is not None:
-                    _check_length(str(length), limit)
-                    body = await response.read()
-                else:  # chunked or until close: count as it comes
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.content.iter_any():
-                        size += len(chunk)
-                        if size > limit:
-                            raise _too_large(limit)
-                        chunks.append(chunk)
-                    body = b"".join(chunks)
+                # The declared length is the compressed size: refused early when above the
+                # cap, and the decompressed bytes are counted as they come all the same.
+                _check_length(response.content_length, limit)
+                body = await _read_capped(response.content.iter_any(), limit)
         except TransportError:
             raise
-        except self._not_sent as exc:
-            raise _not_sent(exc) from exc
-        except self._invalid as exc:
-            raise _not_sent(exc, retryable=False) from exc
-        except (self._aiohttp.ClientError, OSError) as exc:
-            # aiohttp never re-sends a POST on a stale keep-alive connection, so this attempt
-            # is the only one and may have reached the service.
-            raise _sent(exc) from exc
+        except self._errors.caught as exc:
+            # aiohttp never re-sends a POST on a stale keep-alive connection, so an attempt
+            # that failed after it left is the only one and may have reached the service.
+            raise self._errors.classify(exc) from exc
         return RawResponse(response.status, response.headers, body)
 
     async def aclose(self) -> None:
@@ -380,10 +419,23 @@ def _default_ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def _check_length(declared: str | None, limit: int) -> None:
+def _check_length(declared: int | None, limit: int) -> None:
     # A declared size above the cap is refused before a byte of the body is read.
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, declared=int(declared))
+    if declared is not None and declared > limit:
+        raise _too_large(limit, declared=declared)
+
+
+async def _read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The body, counted as it comes (decompressed, when the library decompresses): refused
+    with :class:`ResponseTooLargeError` once above ``limit``, never buffered whole."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _too_large(limit: int, declared: int | None = None) -> ResponseTooLargeError:
@@ -411,21 +463,42 @@ def _certificate_failure(exc: BaseException) -> bool:
     return False
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_QUERY.sub('?...', str(exc))}"
+@attrs.frozen
+class _ErrorKinds:
+    """A backend's exception classes by what they say about the request; :meth:`classify` is
+    the one place that decides "sent or not" and "worth another try" for both backends."""
 
+    caught: tuple[type[BaseException], ...]
+    """Everything the backend turns into a :class:`TransportError`."""
+    not_sent: tuple[type[BaseException], ...]
+    """Raised before a byte can have left (connecting, waiting for the pool)."""
+    invalid: tuple[type[BaseException], ...]
+    """A URL no attempt can send: not sent, not retryable."""
+    local: tuple[type[BaseException], ...]
+    """The request could not be built or written as given (a header value): not sent, not
+    retryable."""
+    timeouts: tuple[type[BaseException], ...]
+    """The library's own deadlines (a lent client's): :class:`RequestTimeoutError`."""
+    redact: Callable[[str], str]
 
-def _not_sent(exc: BaseException, *, retryable: bool = True) -> TransportError:
-    if _certificate_failure(exc):
-        return TransportError(
-            f"request not sent, certificate refused: {_describe(exc)}",
-            request_sent=False,
-            retryable=False,
-        )
-    return TransportError(
-        f"request not sent: {_describe(exc)}", request_sent=False, retryable=retryable
-    )
-
-
-def _sent(exc: BaseException) -> TransportError:
-    return TransportError(f"request sent, no answer: {_describe(exc)}", request_sent=True)
+    def classify(self, exc: BaseException) -> TransportError:
+        text = self.redact(f"{type(exc).__name__}: {_QUERY.sub('?...', str(exc))}")
+        if _certificate_failure(exc):
+            return TransportError(
+                f"request not sent, certificate refused: {text}",
+                request_sent=False,
+                retryable=False,
+            )
+        if isinstance(exc, self.invalid):
+            return TransportError(f"request not sent: {text}", request_sent=False, retryable=False)
+        if isinstance(exc, self.local):
+            return TransportError(
+                f"request not sent, refused by the HTTP library: {text}",
+                request_sent=False,
+                retryable=False,
+            )
+        sent = not isinstance(exc, self.not_sent)
+        kind = RequestTimeoutError if isinstance(exc, self.timeouts) else TransportError
+        if sent:
+            return kind(f"request sent, no answer: {text}", request_sent=True)
+        return kind(f"request not sent: {text}", request_sent=False)

@@ -4,12 +4,12 @@ refreshes in the background, and never shows a secret."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
+import httpx
 import pytest
 
 from mts_faces import (
@@ -20,7 +20,6 @@ from mts_faces import (
     CredentialsProvider,
     MtsFaceClient,
 )
-from mts_faces._http import RawResponse
 from mts_faces._signing import v1_string_to_sign
 from mts_faces.emulator import AccessKey, Emulator, EmulatorConfig
 
@@ -289,18 +288,17 @@ async def test_each_attempt_signs_with_the_providers_current_keys(signature_vers
     assert provider.calls == 3
 
 
-class EchoingTransport:
+def echoing_transport() -> httpx.MockTransport:
     """Answers like the service does a bad signature: echoing the string it signed, where a
     version-1 SecurityToken appears percent-encoded."""
 
-    async def post(self, url: str, headers: Any) -> RawResponse:
-        query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    def answer(request: httpx.Request) -> httpx.Response:
+        query = dict(parse_qsl(request.url.query.decode(), keep_blank_values=True))
         echoed = v1_string_to_sign("POST", query)
         body = {"RequestId": "R1", "Code": "SignatureDoesNotMatch", "Message": echoed}
-        return RawResponse(400, {}, json.dumps(body).encode())
+        return httpx.Response(400, json=body)
 
-    async def aclose(self) -> None:
-        pass
+    return httpx.MockTransport(answer)
 
 
 async def test_secrets_from_the_chain_are_redacted_from_the_services_echo(
@@ -322,7 +320,7 @@ async def test_secrets_from_the_chain_are_redacted_from_the_services_echo(
         credentials=chain,
         signature_version=1,
         max_retries=0,
-        transport=EchoingTransport(),  # type: ignore[arg-type]
+        transport=echoing_transport(),
     ) as client:
         for _ in range(2):  # signed with A, then (after a refresh) with B
             with pytest.raises(AuthenticationError) as info:

@@ -11,18 +11,18 @@ emulator, the registrar, the command and everything they write.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus
 
+import httpx
 import pytest
 
 from mts_faces import AuthenticationError, Credentials, MtsFaceClient, MtsFacesError
-from mts_faces._http import HttpTransport, RawResponse
+from mts_faces._http import HttpTransport
 from mts_faces._signing import v1_string_to_sign
 from mts_faces.cli import main
 from mts_faces.emulator import AccessKey, Emulator, EmulatorConfig, EmulatorThread
@@ -161,18 +161,19 @@ def test_wrong_secret_answer_leaks_nothing(
 # --- a service that echoes the string to sign, token and all ------------------------------------
 
 
-class EchoingService:
+class EchoingService(httpx.AsyncBaseTransport):
     """Answers every call as the real service answers a bad signature: with the string it
     signed, in which a version-1 SecurityToken appears percent-encoded twice."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def post(self, url: str, headers: Mapping[str, str]) -> RawResponse:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
-        query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-        if "x-acs-security-token" in headers:  # version 3: the token travels as a header
-            query["SecurityToken"] = headers["x-acs-security-token"]
+        query = dict(parse_qsl(request.url.query.decode(), keep_blank_values=True))
+        token = request.headers.get("x-acs-security-token")
+        if token is not None:  # version 3: the token travels as a header
+            query["SecurityToken"] = token
         echoed = v1_string_to_sign("POST", query)
         body = {
             "RequestId": "R1",
@@ -183,10 +184,7 @@ class EchoingService:
             "Recommend": "https://api.aliyun.com/troubleshoot?q=SignatureDoesNotMatch",
         }
         assert "xTOKENx7w" in body["Message"]  # the echo really carries the token
-        return RawResponse(400, {}, json.dumps(body).encode())
-
-    async def aclose(self) -> None:
-        pass
+        return httpx.Response(400, json=body)
 
 
 @pytest.mark.parametrize("version", [1, 3])
@@ -199,7 +197,7 @@ async def test_echoed_string_to_sign_leaks_nothing(
     async with MtsFaceClient(
         credentials=credentials,
         signature_version=version,  # type: ignore[arg-type]
-        transport=service,  # type: ignore[arg-type]
+        transport=service,
     ) as client:
         with pytest.raises(AuthenticationError) as info:
             await client.list_custom_persons()
