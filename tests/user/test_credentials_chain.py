@@ -299,3 +299,20 @@ def test_nothing_found_is_a_clear_error_at_the_first_call(home: Path) -> None:
     [error] = result["errors"]
     assert error.startswith("CredentialsError: no credentials from the Alibaba Cloud")
     assert "ALIBABA_CLOUD_ACCESS_KEY_ID" in error
+
+
+def test_nothing_found_prints_nothing_of_the_librarys_own(home: Path) -> None:
+    """The library logs each failed lookup at WARNING, with a traceback, through a stderr
+    handler of its own: a program that configured no logging sees only our error."""
+    with MetadataServer() as metadata:  # knows no such role: the lookup fails, logged
+        env = {
+            "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "false",
+            "ALIBABA_CLOUD_ECS_METADATA": "no-such-role",
+            "HTTP_PROXY": metadata.url,
+        }
+        result, output = run_program(home, [("LTAIunused", "unused")], env=env, calls=1)
+    assert metadata.requests  # the ECS role was asked for
+    [error] = result["errors"]
+    assert error.startswith("CredentialsError: no credentials from the Alibaba Cloud")
+    assert "Refresh credentials failed" not in output
+    assert "Traceback" not in output
