@@ -29,7 +29,7 @@ import os
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import attrs
 import certifi
@@ -104,6 +104,16 @@ class RawResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+@runtime_checkable
+class SharedTransport(Protocol):
+    """An httpx transport that several clients may be built on (the emulator's in-process
+    one): each client calls :meth:`share` once, then ``aclose`` once; the last close counts."""
+
+    def share(self) -> None:
+        """One more client sends through this transport and will close it."""
+        ...
 
 
 class _Backend(Protocol):
@@ -267,6 +277,8 @@ class _HttpxBackend:
                 trust_env=False,
             )
         self._client = http_client
+        if isinstance(transport, SharedTransport):
+            transport.share()
 
     async def post(self, url: str, headers: Mapping[str, str], limit: int) -> RawResponse:
         try:

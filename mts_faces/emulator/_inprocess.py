@@ -12,7 +12,17 @@ import asyncio
 
 import httpx
 
-from ._service import JSON_CONTENT_TYPE, Deferred, Drop, Hang, Outcome, Reply, Request, Service
+from ._service import (
+    Deferred,
+    Drop,
+    Hang,
+    Outcome,
+    Reply,
+    Request,
+    Service,
+    finish_later,
+    reply_headers,
+)
 
 
 class InProcessTransport(httpx.AsyncBaseTransport):
@@ -23,11 +33,20 @@ class InProcessTransport(httpx.AsyncBaseTransport):
     ``httpx.RemoteProtocolError``, a hang sleeps its seconds and then raises
     ``httpx.ReadError``, so the client sees what it would see on the wire. :meth:`aclose`
     ends calls still waiting out their latency with ``httpx.ReadError``.
+
+    Several ``MtsFaceClient`` may be built on one transport (from one
+    ``client_kwargs(in_process=True)``): each tells it so (:meth:`share`), and only the last
+    one's close ends the pending calls.
     """
 
     def __init__(self, service: Service) -> None:
         self._service = service
         self._pending: set[asyncio.Task[Outcome]] = set()
+        self._users = 0
+
+    def share(self) -> None:
+        """One more client will send through this transport and close it when done."""
+        self._users += 1
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Run ``request`` through the service and answer it."""
@@ -39,7 +58,7 @@ class InProcessTransport(httpx.AsyncBaseTransport):
         target = request.url.raw_path.decode("ascii")
         outcome = self._service.handle(Request(request.method, target, headers, body))
         if isinstance(outcome, Deferred):
-            task = asyncio.get_running_loop().create_task(_later(outcome))
+            task = asyncio.get_running_loop().create_task(finish_later(outcome))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             try:
@@ -56,31 +75,22 @@ class InProcessTransport(httpx.AsyncBaseTransport):
         return await _answer(outcome, request)
 
     async def aclose(self) -> None:
-        """Cancel calls still waiting out their latency (as stopping the server does)."""
+        """Cancel calls still waiting out their latency (as stopping the server does), once
+        the last client that :meth:`share`-d this transport closes it."""
+        self._users -= 1
+        if self._users > 0:
+            return
+        self._users = 0
         for task in list(self._pending):
             task.cancel()
         self._pending.clear()
-
-
-async def _later(deferred: Deferred) -> Outcome:
-    outcome: Outcome | Deferred = deferred
-    while isinstance(outcome, Deferred):  # a delay may lead to another (network, then service)
-        if outcome.delay > 0:
-            await asyncio.sleep(outcome.delay)
-        outcome = outcome.finish()
-    return outcome
 
 
 async def _answer(outcome: Outcome, request: httpx.Request) -> httpx.Response:
     if isinstance(outcome, Reply):
         return httpx.Response(
             outcome.status,
-            headers=[
-                ("content-type", JSON_CONTENT_TYPE),
-                ("x-acs-request-id", outcome.request_id),
-                # Any headers the service adds to its reply, as the socket server sends them.
-                *getattr(outcome, "headers", ()),
-            ],
+            headers=reply_headers(outcome),
             content=outcome.body,
             request=request,
         )

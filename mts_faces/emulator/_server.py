@@ -21,8 +21,19 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
+from .._extras import import_extra
 from ._admin import admin_reply, is_admin
-from ._service import JSON_CONTENT_TYPE, Deferred, Drop, Hang, Outcome, Reply, Request, Service
+from ._service import (
+    Deferred,
+    Drop,
+    Hang,
+    Outcome,
+    Reply,
+    Request,
+    Service,
+    finish_later,
+    reply_headers,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -44,7 +55,9 @@ class HttpServer:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
         """Start listening; returns the port (useful when ``port`` is 0)."""
-        from aiohttp import web  # here: importing the emulator costs nothing until it serves
+        # Here: importing the emulator costs nothing until it serves (the in-process transport
+        # needs no aiohttp at all).
+        web = import_extra("aiohttp.web", "serving the emulator over HTTP")
 
         app = web.Application(client_max_size=self.max_body)
         app.router.add_route("*", "/{path:.*}", self._handle)
@@ -86,7 +99,7 @@ class HttpServer:
             Request(method, target, headers, await request.read())
         )
         if isinstance(outcome, Deferred):
-            task = asyncio.ensure_future(_finish_later(outcome))
+            task = asyncio.ensure_future(finish_later(outcome))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             # Shielded: a client that leaves during the latency does not undo the work.
@@ -99,19 +112,13 @@ class HttpServer:
         return _response(outcome)
 
 
-async def _finish_later(deferred: Deferred) -> Outcome:
-    if deferred.delay > 0:
-        await asyncio.sleep(deferred.delay)
-    return deferred.finish()
-
-
 def _response(reply: Reply) -> web.Response:
     from aiohttp import web
 
     return web.Response(
         status=reply.status,
         body=reply.body,
-        headers={"content-type": JSON_CONTENT_TYPE, "x-acs-request-id": reply.request_id},
+        headers=reply_headers(reply),
     )
 
 

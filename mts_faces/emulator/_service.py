@@ -9,6 +9,7 @@ to finish after the delay.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import random
@@ -50,6 +51,8 @@ class Reply:
     status: int
     body: bytes
     request_id: str
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra response headers (``x-acs-retry-after`` on throttling)."""
 
 
 @attrs.frozen
@@ -69,10 +72,30 @@ Outcome = Reply | Drop | Hang
 
 @attrs.frozen
 class Deferred:
-    """Wait ``delay`` seconds, then call ``finish`` for the outcome."""
+    """Wait ``delay`` seconds, then call ``finish`` for the outcome (which may defer again)."""
 
     delay: float
-    finish: Callable[[], Outcome]
+    finish: Callable[[], Outcome | Deferred]
+
+
+async def finish_later(deferred: Deferred) -> Outcome:
+    """Sleep out ``deferred`` (and any delay it leads to), then its outcome: the one way the
+    socket server and the in-process transport finish a late answer."""
+    outcome: Outcome | Deferred = deferred
+    while isinstance(outcome, Deferred):
+        if outcome.delay > 0:
+            await asyncio.sleep(outcome.delay)
+        outcome = outcome.finish()
+    return outcome
+
+
+def reply_headers(reply: Reply) -> list[tuple[str, str]]:
+    """The headers every answer carries, then the reply's own: for both ways of serving."""
+    return [
+        ("content-type", JSON_CONTENT_TYPE),
+        ("x-acs-request-id", reply.request_id),
+        *reply.headers,
+    ]
 
 
 class Service:
