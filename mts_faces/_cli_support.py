@@ -74,7 +74,8 @@ def add_logging_options(parser: argparse.ArgumentParser, *, top_level: bool) -> 
         "--verbose",
         action="count",
         default=default_count,
-        help="more detail: -v for INFO (each retry), -vv for DEBUG (each attempt)",
+        help="more detail: -v for INFO (each call that failed for good), -vv for DEBUG (each "
+        "attempt and each retry)",
     )
     group.add_argument(
         "--log-level",

@@ -26,12 +26,23 @@ ENV_SECRET = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
 
 def _actions(text: str) -> frozenset[str]:
     names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"no action named in {text!r}; known: {', '.join(sorted(ACTIONS))}"
+        )
     unknown = names - ACTIONS
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown actions {', '.join(sorted(unknown))}; known: {', '.join(sorted(ACTIONS))}"
         )
     return names
+
+
+def _qps(text: str) -> float:
+    value = non_negative(text)
+    if 0 < value < 1:  # the quota counts whole calls: a window must hold at least one
+        raise argparse.ArgumentTypeError(f"must be at least 1, or 0 for no quota; got {text}")
+    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,7 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument(
-        "--qps", type=non_negative, default=100.0, help="calls per second per key; 0: no quota"
+        "--qps", type=_qps, default=100.0, help="calls per second per key; 0: no quota"
     )
     parser.add_argument("--max-faces", type=int, default=10, help="faces per person")
     parser.add_argument("--seed", type=int, help="seed for faults, jitter and FaceIds")

@@ -110,7 +110,7 @@ class EmulatorConfig:
         if unknown:
             raise ValueError(f"unknown actions {sorted(unknown)}; known: {sorted(ACTIONS)}")
         if self.max_faces_per_person < 1:
-            raise ValueError("max_faces_per_person must be >= 1")
+            raise ValueError(f"max_faces_per_person must be >= 1, got {self.max_faces_per_person}")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
         if not 0 <= self.port <= 65535:
