@@ -143,6 +143,7 @@ class MtsFaceClient:
             never followed.
         transport: an ``httpx.AsyncBaseTransport`` for the client built here
             (``httpx.MockTransport``, the emulator's in-process transport); closed with it.
+            Any other object is a :class:`ConfigurationError`.
         http_backend: ``"httpx"`` (default; what respx intercepts) or ``"aiohttp"``, the
             fast path at a fraction of the CPU per call (the ``aiohttp`` extra).
         max_response_bytes: answers larger than this are refused as they stream in

@@ -38,25 +38,28 @@ ENV_ACCESS_KEY_SECRET = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
 ENV_SECURITY_TOKEN = "ALIBABA_CLOUD_SECURITY_TOKEN"
 
 
-def _header_safe(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    """Each part travels in a header or the query: printable ASCII with no space or control
-    character. The value is never echoed (it may be the secret)."""
+def _check_part(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """The AccessKey ID and the STS token travel in a header or the query: printable ASCII
+    with no space. The secret only keys the signature: no control character (a stray
+    newline). The value is never echoed (it may be the secret)."""
     if value is None and attribute.name == "security_token":
         return
     if not isinstance(value, str):
         raise CredentialsError(f"{attribute.name} must be a string, got {type(value).__name__}")
-    bad = next((c for c in value if not "\x21" <= c <= "\x7e"), None)
-    if bad is not None:
-        if bad == " ":
+    travels = attribute.name != "access_key_secret"
+    for position, char in enumerate(value):
+        if char.isprintable() and (not travels or "\x21" <= char <= "\x7e"):
+            continue
+        if char == " ":
             what = "a space"
-        elif bad.isascii():
+        elif not char.isprintable():
             what = "a control character"
         else:
             what = "a non-ASCII character"
         raise CredentialsError(
-            f"{attribute.name} contains {what} at position {value.index(bad)} "
-            "(check for a stray newline or a copy-paste artefact); AccessKeys and STS tokens "
-            "are printable ASCII"
+            f"{attribute.name} contains {what} at position {position} (a stray newline or "
+            "a copy-paste artefact?); AccessKey IDs and STS tokens are printable ASCII "
+            "without spaces"
         )
 
 
@@ -64,13 +67,14 @@ def _header_safe(instance: object, attribute: attrs.Attribute[Any], value: str |
 class Credentials:
     """An AccessKey pair, plus an STS security token when the pair is temporary.
 
-    Each part must be printable ASCII without spaces (it travels in a header or the query):
-    anything else is a :class:`CredentialsError` that names the part, never its value.
+    The ID and the token must be printable ASCII without spaces (they travel in a header or
+    the query), the secret free of control characters: anything else is a
+    :class:`CredentialsError` that names the part, never its value.
     """
 
-    access_key_id: str = attrs.field(validator=_header_safe)
-    access_key_secret: str = attrs.field(repr=False, validator=_header_safe)
-    security_token: str | None = attrs.field(default=None, repr=False, validator=_header_safe)
+    access_key_id: str = attrs.field(validator=_check_part)
+    access_key_secret: str = attrs.field(repr=False, validator=_check_part)
+    security_token: str | None = attrs.field(default=None, repr=False, validator=_check_part)
 
     def __repr__(self) -> str:
         # attrs would still show the field names; say outright that the secrets are hidden.

@@ -5,9 +5,10 @@ Two ways to serve it, as moto offers for boto3:
 - ``mts_emulator`` / ``mts_client_kwargs``: a running emulator (an
   :class:`~mts_faces.emulator.EmulatorThread`) on an ephemeral 127.0.0.1 port, served by a
   background thread with its own event loop, so sync tests, subprocesses and the CLI can use it.
+  Serving HTTP needs the ``aiohttp`` extra (:class:`~mts_faces.MissingExtraError` without it).
 - ``mts_emulator_in_process`` / ``mts_client_kwargs_in_process``: no sockets; the client's
   httpx transport hands each request to the emulator's service core on the test's own loop.
-  The fastest, for async tests of code that takes an ``MtsFaceClient``.
+  The fastest, for async tests of code that takes an ``MtsFaceClient``; needs no aiohttp.
 
 ``MtsFaceClient(**kwargs)`` with either set of kwargs talks to its emulator with the right
 endpoint, key pair, quota (``qps``) and TLS trust. Override ``mts_emulator_config`` to change

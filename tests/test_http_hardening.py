@@ -71,6 +71,7 @@ async def test_a_gzip_bomb_is_refused_by_its_decompressed_size(
         ("security_token", "SECRET\rTOKEN"),
         ("security_token", "SECRETTÖKEN"),
         ("access_key_secret", "SECRET\x00"),
+        ("access_key_secret", "SECRET\n"),
         ("access_key_id", "LTAI SECRET"),
     ],
 )
