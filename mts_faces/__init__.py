@@ -34,6 +34,7 @@ from ._models import (
 from ._operations import MAX_FACES_PER_PERSON, MAX_ID_LENGTH
 from ._redis_limiter import RedisWindowLimiter
 from ._retry import RetryPolicy
+from ._telemetry import AttemptEvent, ClientStats
 from ._window import AimdPolicy
 
 __version__ = "0.1.0"
@@ -49,8 +50,10 @@ __all__ = [
     "Acknowledgement",
     "AimdPolicy",
     "AmbiguousOutcomeError",
+    "AttemptEvent",
     "AuthenticationError",
     "Category",
+    "ClientStats",
     "ConfigurationError",
     "Credentials",
     "CredentialsError",
