@@ -231,7 +231,7 @@ class Telemetry:
 
     def remove_hook(self, hook: AttemptHook) -> None:
         """Stop calling ``hook`` (a hook never added is ignored)."""
-        self.hooks = tuple(h for h in self.hooks if h is not hook)
+        self.hooks = tuple(h for h in self.hooks if h != hook)  # == : bound methods
 
     def stats(self) -> ClientStats:
         """The counters and percentiles now."""
