@@ -3,7 +3,7 @@
 import logging
 
 from ._client import CUSTOM_FACE_REGIONS, MtsFaceClient, endpoint_for_region
-from ._credentials import Credentials
+from ._credentials import AlibabaCloudCredentials, Credentials, CredentialsProvider
 from ._exceptions import (
     AmbiguousOutcomeError,
     APIError,
@@ -49,6 +49,7 @@ __all__ = [
     "APIError",
     "Acknowledgement",
     "AimdPolicy",
+    "AlibabaCloudCredentials",
     "AmbiguousOutcomeError",
     "AttemptEvent",
     "AuthenticationError",
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigurationError",
     "Credentials",
     "CredentialsError",
+    "CredentialsProvider",
     "CustomPersons",
     "Face",
     "InvalidParameterError",

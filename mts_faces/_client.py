@@ -18,7 +18,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from ._credentials import Credentials, resolve_credentials
+from ._credentials import Credentials, CredentialsProvider, resolve_credentials
 from ._exceptions import (
     AmbiguousOutcomeError,
     APIError,
@@ -157,7 +157,7 @@ class MtsFaceClient:
         access_key_id: str | None = None,
         access_key_secret: str | None = None,
         security_token: str | None = None,
-        credentials: Credentials | None = None,
+        credentials: Credentials | CredentialsProvider | None = None,
         region_id: str = DEFAULT_REGION,
         endpoint: str | None = None,
         vpc: bool = False,
@@ -236,7 +236,7 @@ class MtsFaceClient:
     def __repr__(self) -> str:
         return (
             f"MtsFaceClient(endpoint={self.endpoint!r}, "
-            f"access_key_id={self.credentials.access_key_id!r}, "
+            f"access_key_id={getattr(self.credentials, 'access_key_id', None)!r}, "
             f"signature_version={self.signature_version})"
         )
 
@@ -435,11 +435,13 @@ class MtsFaceClient:
         timeout: float | None,  # noqa: ASYNC109 (per attempt)
         trace: CallTrace,
     ) -> dict[str, Any]:
+        # Before the slots: a provider's first fetch must not hold a connection or rate slot.
+        creds = await self.credentials.get_credentials()
         async with self._slots:
             waiting = time.perf_counter()
             await self.limiter.acquire()
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
-            url, headers = self._sign(operation.action, params)
+            url, headers = self._sign(operation.action, params, creds)
             self.attempts += 1
             trace.sent(waiting)
             started = time.perf_counter()
@@ -478,8 +480,9 @@ class MtsFaceClient:
             self.limiter.on_success()
         raise error
 
-    def _sign(self, action: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:
-        creds = self.credentials
+    def _sign(
+        self, action: str, params: dict[str, str], creds: Credentials
+    ) -> tuple[str, dict[str, str]]:
         timestamp = utc_timestamp()
         nonce = new_nonce()
         headers = {"user-agent": USER_AGENT, "host": self._host}
