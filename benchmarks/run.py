@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from ._common import QUICK, Sizes, log
+from ._plots import PLOTS_DIR, write_plots
 from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
 from ._rows_emulator import emulator_rows
@@ -61,5 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     output = args.output or (None if args.quick else RESULTS)
     if output is not None:
         command = "python -m benchmarks" + "".join(f" --only {s}" for s in args.only or ())
-        output.write_text(results_markdown(rows, info, command, attrs.asdict(sizes), raw))
+        plots = write_plots(raw, output.parent / PLOTS_DIR)
+        links = [str(p.relative_to(output.parent)) for p in plots]
+        output.write_text(results_markdown(rows, info, command, attrs.asdict(sizes), raw, links))
         log(f"written to {output}")

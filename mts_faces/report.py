@@ -262,27 +262,25 @@ def draw(timeline: Timeline, title: str = "") -> Any:
     ok = timeline.per_second("ok")
     throttled = timeline.per_second("throttled")
     errors = timeline.per_second("errors")
-    rate_ax.step(times, _edge(ok), where="post", label="answered OK /s", color="tab:blue")
-    rate_ax.bar(
-        bars,
-        throttled,
-        width=timeline.width,
-        align="edge",
-        color="tab:red",
-        alpha=0.6,
-        label="throttled /s",
-    )
-    if any(errors):
-        rate_ax.bar(
-            bars,
-            errors,
-            width=timeline.width,
-            align="edge",
-            bottom=throttled,
-            color="tab:orange",
-            alpha=0.6,
-            label="errors /s",
-        )
+    # Stacked: the bars' height is every request sent in that second.
+    bottom = [0.0] * len(ok)
+    for values, name, color in (
+        (ok, "answered OK /s", "tab:blue"),
+        (throttled, "throttled /s", "tab:red"),
+        (errors, "errors /s", "tab:orange"),
+    ):
+        if any(values) or name != "errors /s":
+            rate_ax.bar(
+                bars,
+                values,
+                width=timeline.width,
+                align="edge",
+                bottom=bottom,
+                color=color,
+                alpha=0.75,
+                label=name,
+            )
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     rates = [b.rate for b in timeline.buckets]
     if any(r is not None for r in rates):
         rate_ax.step(
@@ -301,8 +299,10 @@ def draw(timeline: Timeline, title: str = "") -> Any:
             linewidth=1,
             label=f"quota {timeline.quota:g}/s",
         )
+    highest = max([*bottom, timeline.quota or 0.0, *(r for r in rates if r is not None)])
+    rate_ax.set_ylim(0, highest * 1.45 or 1.0)  # room for the legend above the bars
     rate_ax.set_ylabel("calls per second")
-    rate_ax.legend(loc="lower right", fontsize="small")
+    rate_ax.legend(loc="upper right", fontsize="small", ncols=3)
     rate_ax.set_title(title or "Calls per second (by when they were sent)")
     p50 = [_ms(b.latency(0.5)) for b in timeline.buckets]
     p95 = [_ms(b.latency(0.95)) for b in timeline.buckets]
@@ -316,7 +316,8 @@ def draw(timeline: Timeline, title: str = "") -> Any:
     flight_ax.set_xlabel(f"seconds since start (buckets of {timeline.width:g} s)")
     for axes in (rate_ax, latency_ax, flight_ax):
         axes.grid(True, alpha=0.3)
-        axes.set_ylim(bottom=0)
+    latency_ax.set_ylim(bottom=0)
+    flight_ax.set_ylim(bottom=0)
     return figure
 
 
