@@ -25,6 +25,7 @@ from ._rows_emulator import emulator_rows
 from ._rows_import import import_rows
 from ._rows_memory import memory_rows
 from ._rows_quota import quota_rows
+from ._rows_telemetry import telemetry_rows
 from .shared import shared_quota_row
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -42,6 +43,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "shared": shared_rows,
     "import": import_rows,
     "emulator": emulator_rows,
+    "telemetry": telemetry_rows,
 }
 
 

@@ -217,6 +217,13 @@ class Telemetry:
         }
         if port.isdigit():
             self._base_attributes["server.port"] = int(port)
+        # Metric attributes: few, as each recording hashes them.
+        self._metric_base = {
+            k: v
+            for k, v in self._base_attributes.items()
+            if k in ("rpc.system", "rpc.service", "server.address")
+        }
+        self._labels: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
         self._explicit = tracer_provider is not None or meter_provider is not None
         self._otel: _Otel | None = None
         if self._explicit:
@@ -253,6 +260,22 @@ class Telemetry:
             limiter_wait_p50=percentile(waits, 0.5),
             limiter_wait_p95=percentile(waits, 0.95),
         )
+
+    def labels(
+        self, action: str, outcome: str | None = None, error: str | None = None
+    ) -> dict[str, Any]:
+        """Metric attributes for an action (and an outcome, an error type), built once."""
+        key = (action, outcome, error)
+        found = self._labels.get(key)
+        if found is None:
+            found = {**self._metric_base, "rpc.method": action}
+            if outcome is not None:
+                found["mts_faces.outcome"] = outcome
+            if error is not None:
+                found["error.type"] = error
+            if len(self._labels) < 512:  # error codes come from the service: stay bounded
+                self._labels[key] = found
+        return found
 
     @property
     def current_rate(self) -> float | None:
@@ -446,33 +469,20 @@ class _Instruments:
 
         self._observation = Observation
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
-        self.calls = meter.create_counter(
-            "mts_faces.client.calls", unit="{call}", description="Operation calls by outcome"
-        )
-        self.attempts = meter.create_counter(
-            "mts_faces.client.attempts",
-            unit="{attempt}",
-            description="Requests sent (retries included) by outcome",
-        )
         self.call_duration = meter.create_histogram(
             "mts_faces.client.call.duration",
             unit="s",
-            description="Whole operation calls: limiter waits, attempts and backoff",
+            description="Operation calls, by outcome: limiter waits, attempts and backoff",
         )
         self.attempt_duration = meter.create_histogram(
             "mts_faces.client.attempt.duration",
             unit="s",
-            description="One request, from sending to the answer",
+            description="Requests (retries included), by outcome: from sending to the answer",
         )
         self.limiter_wait = meter.create_histogram(
             "mts_faces.client.limiter.wait",
             unit="s",
             description="Time an attempt waited for the rate limiter",
-        )
-        self.in_flight = meter.create_up_down_counter(
-            "mts_faces.client.requests.active",
-            unit="{request}",
-            description="Requests on the wire",
         )
         self.clients: weakref.WeakSet[Telemetry] = weakref.WeakSet()
         meter.create_observable_gauge(
@@ -486,7 +496,7 @@ class _Instruments:
         for client in list(self.clients):
             rate = client.current_rate
             if rate is not None:
-                yield self._observation(rate, client._base_attributes)
+                yield self._observation(rate, client._metric_base)
 
 
 # Instruments per meter provider (by identity), so that clients sharing a provider share them.
@@ -565,14 +575,10 @@ class _Otel:
             span.add_event("mts_faces.attempt", attributes)
         instruments = self.instruments
         if instruments is not None:
-            base = call.telemetry._base_attributes
-            labels = {**base, "rpc.method": call.action, "mts_faces.outcome": event.outcome}
-            instruments.attempts.add(1, labels)
-            method = {**base, "rpc.method": call.action}
-            if event.error is not None:
-                method["error.type"] = event.error
-            instruments.attempt_duration.record(event.duration, method)
-            instruments.limiter_wait.record(event.limiter_wait, {**base, "rpc.method": call.action})
+            labels = call.telemetry.labels(call.action, event.outcome, event.error)
+            instruments.attempt_duration.record(event.duration, labels)
+            waited = call.telemetry.labels(call.action)
+            instruments.limiter_wait.record(event.limiter_wait, waited)
 
     def end_call(
         self,
@@ -585,12 +591,7 @@ class _Otel:
         telemetry = call.telemetry
         instruments = self.instruments
         if instruments is not None:
-            labels = {
-                **telemetry._base_attributes,
-                "rpc.method": call.action,
-                "mts_faces.outcome": outcome,
-            }
-            instruments.calls.add(1, labels)
+            labels = telemetry.labels(call.action, outcome)
             instruments.call_duration.record(duration, labels)
         span = call._span
         if span is None:

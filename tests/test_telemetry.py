@@ -70,8 +70,9 @@ class Otel:
         return found
 
 
-def counter(points: list[Any], **labels: Any) -> int:
-    return sum(p.value for p in points if all(p.attributes.get(k) == v for k, v in labels.items()))
+def count(points: list[Any], **labels: Any) -> int:
+    """Recordings of a histogram whose attributes match ``labels``."""
+    return sum(p.count for p in points if all(p.attributes.get(k) == v for k, v in labels.items()))
 
 
 def client_for(emulator: Emulator, **overrides: Any) -> MtsFaceClient:
@@ -112,9 +113,10 @@ async def test_success_span_metrics_and_stats(otel: Otel) -> None:
     assert event.attributes["mts_faces.retrying"] is False
 
     metrics = otel.metrics()
-    assert counter(metrics["mts_faces.client.calls"], **{"mts_faces.outcome": "ok"}) == 1
-    assert counter(metrics["mts_faces.client.attempts"], **{"mts_faces.outcome": "ok"}) == 1
+    calls = metrics["mts_faces.client.call.duration"]
+    assert count(calls, **{"mts_faces.outcome": "ok", "rpc.method": "RegisterCustomFace"}) == 1
     [latency] = metrics["mts_faces.client.attempt.duration"]
+    assert latency.attributes["mts_faces.outcome"] == "ok"
     assert latency.count == 1
     [wait] = metrics["mts_faces.client.limiter.wait"]
     assert wait.count == 1
@@ -166,10 +168,12 @@ async def test_throttled_then_retried(otel: Otel) -> None:
     assert (span.events[0].attributes or {})["error.type"] == "Throttling.User"
 
     metrics = otel.metrics()
-    attempts = metrics["mts_faces.client.attempts"]
-    assert counter(attempts, **{"mts_faces.outcome": "throttled"}) == 1
-    assert counter(attempts, **{"mts_faces.outcome": "ok"}) == 2
-    assert counter(metrics["mts_faces.client.calls"], **{"mts_faces.outcome": "ok"}) == 2
+    attempts = metrics["mts_faces.client.attempt.duration"]
+    throttled_label = {"mts_faces.outcome": "throttled", "error.type": "Throttling.User"}
+    assert count(attempts, **throttled_label) == 1
+    assert count(attempts, **{"mts_faces.outcome": "ok"}) == 2
+    assert count(metrics["mts_faces.client.call.duration"], **{"mts_faces.outcome": "ok"}) == 2
+    assert count(metrics["mts_faces.client.limiter.wait"]) == 3
     assert stats.throttled == 1 and stats.retried == 1 and stats.attempts == 3
     assert stats.calls == stats.succeeded == 2
 
@@ -201,7 +205,8 @@ async def test_ambiguous_registration(otel: Otel, fault: str, code: str) -> None
     else:
         assert event.outcome == "transport_error" and event.http_status is None
     metrics = otel.metrics()
-    assert counter(metrics["mts_faces.client.calls"], **{"mts_faces.outcome": "ambiguous"}) == 1
+    calls = metrics["mts_faces.client.call.duration"]
+    assert count(calls, **{"mts_faces.outcome": "ambiguous"}) == 1
     assert stats.ambiguous == stats.failed == stats.calls == 1
     assert stats.in_flight == 0
 
