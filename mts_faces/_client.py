@@ -49,7 +49,7 @@ from ._signing import (
     v1_signature,
     v3_authorization,
 )
-from ._telemetry import AttemptHook, CallTrace, ClientStats, Telemetry
+from ._telemetry import AttemptHook, CallTrace, ClientStats, Telemetry, limiter_reading
 
 if TYPE_CHECKING:
     import httpx
@@ -229,6 +229,7 @@ class MtsFaceClient:
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             rate=lambda: self.current_rate,
+            margin=lambda: limiter_reading(self.limiter, "current_margin"),
             region=region_id,
             host=self._host,
         )

@@ -125,6 +125,8 @@ class ClientStats:
     """Requests on the wire now."""
     current_rate: float | None
     """The limiter's current rate in calls per second (None if it reports none)."""
+    current_margin: float | None
+    """The limiter's window margin in seconds, for limiters that report one (else None)."""
     latency_p50: float | None
     """Median seconds from sending to the answer."""
     latency_p95: float | None
@@ -133,6 +135,13 @@ class ClientStats:
     """Median seconds an attempt waited for the limiter."""
     limiter_wait_p95: float | None
     """95th percentile of the same."""
+
+
+def limiter_reading(limiter: object, name: str) -> float | None:
+    """A number a limiter reports as attribute ``name`` (``current_rate``,
+    ``current_margin``), or None for a limiter without it."""
+    value = getattr(limiter, name, None)
+    return float(value) if isinstance(value, int | float) else None
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -184,6 +193,7 @@ class Telemetry:
         tracer_provider: an OpenTelemetry ``TracerProvider`` to use instead of the global one.
         meter_provider: an OpenTelemetry ``MeterProvider`` to use instead of the global one.
         rate: reads the limiter's current rate (None if it has none).
+        margin: reads the limiter's current window margin in seconds (None if it has none).
         region: the client's region, for ``cloud.region``.
         host: the endpoint's ``host[:port]``, for ``server.address`` / ``server.port``.
     """
@@ -196,12 +206,14 @@ class Telemetry:
         tracer_provider: Any = None,
         meter_provider: Any = None,
         rate: Callable[[], float | None] = lambda: None,
+        margin: Callable[[], float | None] = lambda: None,
         region: str = "",
         host: str = "",
     ) -> None:
         self.hooks: tuple[AttemptHook, ...] = tuple(hooks)
         self.include_ids = include_ids
         self._rate = rate
+        self._margin = margin
         self.calls = self.succeeded = self.failed = self.ambiguous = 0
         self.attempts = self.throttled = self.retried = self.in_flight = 0
         self._latencies = [0.0] * LATENCY_SAMPLES
@@ -255,6 +267,7 @@ class Telemetry:
             retried=self.retried,
             in_flight=self.in_flight,
             current_rate=self._rate(),
+            current_margin=self._margin(),
             latency_p50=percentile(latencies, 0.5),
             latency_p95=percentile(latencies, 0.95),
             limiter_wait_p50=percentile(waits, 0.5),
@@ -281,6 +294,11 @@ class Telemetry:
     def current_rate(self) -> float | None:
         """The limiter's current rate, as the client reports it."""
         return self._rate()
+
+    @property
+    def current_margin(self) -> float | None:
+        """The limiter's current window margin in seconds, if it reports one."""
+        return self._margin()
 
     # --- the request path's side ----------------------------------------------------------
 
@@ -491,12 +509,24 @@ class _Instruments:
             unit="{call}/s",
             description="The rate limiter's current rate",
         )
+        meter.create_observable_gauge(
+            "mts_faces.client.limiter.margin",
+            callbacks=[self._observe_margin],
+            unit="s",
+            description="The rate limiter's window margin (limiters that report one)",
+        )
 
     def _observe_rate(self, options: Any) -> Iterable[Any]:
         for client in list(self.clients):
             rate = client.current_rate
             if rate is not None:
                 yield self._observation(rate, client._metric_base)
+
+    def _observe_margin(self, options: Any) -> Iterable[Any]:
+        for client in list(self.clients):
+            margin = client.current_margin
+            if margin is not None:
+                yield self._observation(margin, client._metric_base)
 
 
 # Instruments per meter provider (by identity), so that clients sharing a provider share them.

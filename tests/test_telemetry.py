@@ -371,3 +371,34 @@ def test_missing_otel_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
             tracer_provider=object(),
         )
     assert caught.value.extra == "otel"
+
+
+class ReportingLimiter:
+    """A limiter of the user's own that reports a rate and a window margin."""
+
+    current_rate = 42.0
+    current_margin = 0.007
+
+    async def acquire(self) -> None:
+        return None
+
+    def on_success(self) -> None:
+        return None
+
+    def on_throttled(self) -> None:
+        return None
+
+
+async def test_limiter_rate_and_margin_reported(otel: Otel) -> None:
+    emulator = Emulator(EmulatorConfig(seed=8))
+    limiter = ReportingLimiter()
+    async with client_for(emulator, limiter=limiter, **otel.kwargs()) as client:
+        await client.list_custom_persons()
+        stats = client.stats
+    assert stats.current_rate == 42.0 and stats.current_margin == 0.007
+    metrics = otel.metrics()
+    assert [p.value for p in metrics["mts_faces.client.limiter.rate"]] == [42.0]
+    assert [p.value for p in metrics["mts_faces.client.limiter.margin"]] == [0.007]
+    # The default limiter reports no margin today: none is made up.
+    async with client_for(emulator) as plain:
+        assert plain.stats.current_margin == getattr(plain.limiter, "current_margin", None)
