@@ -232,8 +232,9 @@ class RunRecorder:
 # --- drawing ------------------------------------------------------------------------------
 
 
-def plot_svg(timeline: Timeline, title: str = "") -> str:
-    """The timeline as an SVG document (text), drawn by matplotlib without a display."""
+def plot_svg(timeline: Timeline, title: str = "", *, standalone: bool = False) -> str:
+    """The timeline as SVG (text), drawn by matplotlib without a display: an ``<svg>``
+    element to inline in HTML, or with ``standalone`` a whole SVG file."""
     from ._extras import import_extra
 
     matplotlib = import_extra("matplotlib", "a run report")
@@ -243,7 +244,7 @@ def plot_svg(timeline: Timeline, title: str = "") -> str:
         figure.savefig(out, format="svg", metadata={"Date": None})
     svg = out.getvalue()
     # Inline in HTML: the XML prolog and doctype are not allowed there.
-    return svg[svg.index("<svg") :]
+    return svg if standalone else svg[svg.index("<svg") :]
 
 
 def draw(timeline: Timeline, title: str = "") -> Any:
@@ -398,11 +399,17 @@ def write_report(
     notes: Sequence[str] = (),
 ) -> Path:
     """Write :func:`render_html`'s page to ``path`` atomically (a reader never sees half a
-    page; an interrupted write leaves the previous file); returns the path."""
-    page = render_html(recorder, title=title, summary=summary, failures=failures, notes=notes)
+    page; an interrupted write leaves the previous file); returns the path.
+
+    A path ending in ``.svg`` gets the plots alone, as an SVG file (for a README, a ticket).
+    """
     target = Path(path)
+    if target.suffix.lower() == ".svg":
+        page = plot_svg(recorder.timeline(), title, standalone=True)
+    else:
+        page = render_html(recorder, title=title, summary=summary, failures=failures, notes=notes)
     folder = target.parent if str(target.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=".report-", suffix=target.suffix, dir=folder)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(page)

@@ -163,6 +163,15 @@ def test_write_report_replaces_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["run.html"]  # no temporary left
 
 
+def test_svg_path_gets_the_plots_alone(tmp_path: Path) -> None:
+    recorder = RunRecorder(quota=10, clock=lambda: 0.0)
+    recorder(event(0.1))
+    path = write_report(tmp_path / "run.svg", recorder, title="demo")
+    root = ET.fromstring(path.read_text(encoding="utf-8"))
+    assert root.tag == f"{SVG_NS}svg"
+    assert "quota 10/s" in path.read_text(encoding="utf-8")
+
+
 async def test_report_of_a_throttled_run_in_process(tmp_path: Path) -> None:
     # The client believes in 3x the emulator's quota: throttles happen and show.
     emulator = Emulator(EmulatorConfig(qps=5, seed=11))
