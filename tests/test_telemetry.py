@@ -322,7 +322,7 @@ def test_opentelemetry_not_even_imported_unless_the_application_did() -> None:
             async with MtsFaceClient(**emulator.client_kwargs(in_process=True)) as client:
                 await client.list_custom_persons()
         asyncio.run(main())
-        print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+        print(sorted(m for m in sys.modules if m.startswith(("opentelemetry", "matplotlib"))))
         """
     )
     assert out == "[]"
