@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from ._client import MtsFaceClient
 
 
+REPORT_HELP = (
+    "write an HTML report of the run (plots of calls per second, throttles, latency) at its "
+    "end, also when interrupted; a .svg path gets the plots alone (the 'report' extra)"
+)
+
+
 class ReportSession:
     """The recorder attached to one client, and what the command adds at the end."""
 
@@ -43,6 +49,12 @@ class ReportSession:
         self.failures = [str(f) for f in getattr(report, "first_failures", ())]
         if getattr(report, "stopped", False):
             self.notes.append("The run was stopped before the end of its input.")
+
+    def mark_interrupted(self) -> None:
+        """Say on the page that the run was cut short."""
+        note = "The run was interrupted: this page shows it up to that point."
+        if note not in self.notes:
+            self.notes.append(note)
 
     def write(self) -> None:
         """Write the page; a failure is reported on stderr, not raised."""
@@ -79,7 +91,7 @@ def run_report(
     try:
         yield session
     except BaseException:
-        session.notes.append("The run was interrupted: this page shows it up to that point.")
+        session.mark_interrupted()
         session.write()
         raise
     session.write()

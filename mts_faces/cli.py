@@ -35,6 +35,7 @@ from ._credentials import Credentials
 from ._exceptions import MtsFacesError
 from ._http import fast_backend
 from ._progress import ProgressBar
+from ._run_report import REPORT_HELP, check_report_extra, run_report
 from .manifest import BadRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
 
@@ -336,6 +337,9 @@ def write_demo_manifest(path: Path, persons: int = DEMO_PERSONS) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .emulator import Emulator, EmulatorConfig
 
+    if args.report:
+        check_report_extra()
+
     async def main() -> RegistrationReport:
         config = EmulatorConfig(qps=args.qps, latency=args.latency, jitter=args.latency / 3)
         async with Emulator(config) as emulator:
@@ -355,11 +359,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     http_backend=fast_backend(),
                 ) as client:
                     # Opening is instant; rows are then pulled in a worker thread.
-                    with open(manifest, "rb") as stream, open(os.devnull, "w") as sink:  # noqa: ASYNC230
+                    title = f"mts-faces demo: {total:,} rows at {args.qps:g} calls/s"
+                    with (
+                        open(manifest, "rb") as stream,  # noqa: ASYNC230
+                        open(os.devnull, "w") as sink,  # noqa: ASYNC230
+                        run_report(args.report, client, title=title) as session,
+                    ):
                         output = sink if not args.outcomes else sys.stdout
                         report = await register_rows(
                             client, read_manifest(stream), output, total=total, collect_faces=True
                         )
+                        if session is not None:
+                            session.set_outcome(report)
             stats = emulator.stats
             sys.stderr.write(
                 f"emulator: accepted {stats.accepted:,}, throttled {stats.throttled:,}, "
@@ -435,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency", type=non_negative, default=0.05, help="emulated service latency (s)"
     )
     demo.add_argument("--outcomes", action="store_true", help="print each outcome as JSON")
+    demo.add_argument("--report", metavar="PATH", help=REPORT_HELP)
     demo.set_defaults(run=_cmd_demo)
 
     add_emulate(sub)

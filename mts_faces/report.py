@@ -21,7 +21,7 @@ import html
 import io
 import math
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,8 +43,8 @@ __all__ = [
 
 # Latency histogram of a bucket: bin i holds [FIRST * RATIO**i, FIRST * RATIO**(i+1)).
 _FIRST = 0.0005
-_RATIO = 1.25
-_BINS = 64
+_RATIO = 1.1
+_BINS = 128
 
 
 def _bin(seconds: float) -> int:
@@ -54,7 +54,7 @@ def _bin(seconds: float) -> int:
 
 
 def _bin_value(index: int) -> float:
-    """The geometric middle of a bin: the estimate is within 12% of any value in it."""
+    """The geometric middle of a bin: the estimate is within 5% of any value in it."""
     return float(_FIRST * _RATIO ** (index + 0.5))
 
 
@@ -81,7 +81,7 @@ class Bucket:
         return self.ok + self.throttled + self.errors
 
     def latency(self, q: float) -> float | None:
-        """The ``q`` quantile of latency in seconds (within 12%), None when empty."""
+        """The ``q`` quantile of latency in seconds (within 5%), None when empty."""
         total = sum(self.latencies.values())
         if not total:
             return None
@@ -408,13 +408,15 @@ def write_report(
         page = plot_svg(recorder.timeline(), title, standalone=True)
     else:
         page = render_html(recorder, title=title, summary=summary, failures=failures, notes=notes)
-    folder = target.parent if str(target.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(prefix=".report-", suffix=target.suffix, dir=folder)
+    # Beside the target (same file system, so the rename is atomic), with the usual
+    # permissions (the umask applies), then renamed over it.
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(page)
         os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return target
