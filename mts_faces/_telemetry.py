@@ -240,7 +240,7 @@ class Telemetry:
         self._otel: _Otel | None = None
         if self._explicit:
             self._otel = _Otel.build(tracer_provider, meter_provider, self)
-        self._otel_checked = False  # a configured global provider was looked for and found
+        self._recheck_at = 0.0  # when to look again for a global provider still missing
 
     # --- hooks and stats ----------------------------------------------------------------
 
@@ -308,8 +308,9 @@ class Telemetry:
         return CallTrace(self, operation.action, params, otel)
 
     def _global_otel(self) -> _Otel | None:
-        if self._otel is not None:
-            return self._otel
+        otel = self._otel
+        if otel is not None and (otel.complete or time.monotonic() < self._recheck_at):
+            return otel
         # Nobody configured OpenTelemetry without importing it: until then, one lookup.
         modules = sys.modules
         if "opentelemetry.trace" not in modules and "opentelemetry.metrics" not in modules:
@@ -317,8 +318,13 @@ class Telemetry:
         tracer_provider, meter_provider = _configured_providers()
         if tracer_provider is None and meter_provider is None:
             return None
-        self._otel = _Otel.build(tracer_provider, meter_provider, self)
-        return self._otel
+        if otel is None or (tracer_provider is not None) + (meter_provider is not None) > (
+            (otel.tracer is not None) + (otel.instruments is not None)
+        ):
+            self._otel = otel = _Otel.build(tracer_provider, meter_provider, self)
+        # One provider set, not the other (yet): look for it again now and then.
+        self._recheck_at = time.monotonic() + 5.0
+        return otel
 
     def _record(self, latency: float, wait: float) -> None:
         slot = self._samples % LATENCY_SAMPLES
@@ -530,15 +536,15 @@ class _Instruments:
 
 
 # Instruments per meter provider (by identity), so that clients sharing a provider share them.
-_INSTRUMENTS: dict[int, tuple[Any, _Instruments]] = {}
+# Weak keys: a provider the application drops takes its instruments with it.
+_INSTRUMENTS: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 
 
 def _instruments_for(meter_provider: Any) -> _Instruments:
-    entry = _INSTRUMENTS.get(id(meter_provider))
-    if entry is None or entry[0] is not meter_provider:
-        entry = (meter_provider, _Instruments(meter_provider))
-        _INSTRUMENTS[id(meter_provider)] = entry
-    return entry[1]
+    found = _INSTRUMENTS.get(meter_provider)
+    if found is None:
+        found = _INSTRUMENTS[meter_provider] = _Instruments(meter_provider)
+    return found
 
 
 class _Otel:
@@ -549,6 +555,7 @@ class _Otel:
 
         self.tracer = tracer
         self.instruments = instruments
+        self.complete = tracer is not None and instruments is not None
         self._trace = trace
         self._context = context
 
