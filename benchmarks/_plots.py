@@ -4,6 +4,9 @@
   benchmark (answered, throttled), against the quota line: the burst of a leaky bucket and
   its throttles are visible. Recorded by the client side (when each request was sent).
 
+* ``jitter-sweep.svg``: the network-jitter rows: successful calls per second over time at
+  each one-way jitter, ours beside the official SDK + aiolimiter, and the throttled calls.
+
 Each plot is drawn from the raw measurements (``raw``), so it matches the table's run.
 """
 
@@ -30,6 +33,15 @@ def write_plots(raw: list[dict[str, Any]], folder: Path) -> list[Path]:
     quota = [r for r in raw if r.get("benchmark") == "quota" and r.get("timeline")]
     if quota:
         written.append(_save(_quota_figure(quota), folder / "quota-rate.svg"))
+    jitter = [
+        r
+        for r in raw
+        if r.get("benchmark") == "network"
+        and r.get("per_second")
+        and str(r.get("label", "")).endswith(" ms")
+    ]
+    if jitter:
+        written.append(_save(_jitter_figure(jitter), folder / "jitter-sweep.svg"))
     return written
 
 
@@ -87,4 +99,43 @@ def _quota_figure(runs: list[dict[str, Any]]) -> Any:
         axes.set_ylim(0, max(2.3 * run["qps"], max(bottom, default=0) * 1.15))
     axes_list[-1].set_xlabel("seconds since the first request (sent, 1 s buckets)")
     figure.suptitle(f"Quota benchmark: {runs[0]['faces']:,} registrations at {runs[0]['qps']:g}/s")
+    return figure
+
+
+def _jitter_figure(runs: list[dict[str, Any]]) -> Any:
+    """One panel per jitter: each client's successful calls per second over time."""
+    from matplotlib.figure import Figure
+
+    by_jitter: dict[int, list[dict[str, Any]]] = {}
+    for run in runs:
+        client, jitter = str(run["label"]).rsplit(" ", 2)[:2]
+        by_jitter.setdefault(int(jitter), []).append({**run, "client": client})
+    jitters = sorted(by_jitter)
+    figure = Figure(figsize=(9, 2.2 * len(jitters) + 0.6), layout="constrained")
+    axes_list = figure.subplots(len(jitters), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    colors = {"ours": "tab:blue", "official": "tab:red", "aiolimiter": "tab:orange"}
+    for axes, jitter in zip(axes_list, jitters, strict=True):
+        parts = []
+        for run in by_jitter[jitter]:
+            counts = run["per_second"]
+            edges = list(range(len(counts) + 1))
+            throttled = run.get("emulator", {}).get("throttled", 0)
+            client = run["client"]
+            axes.stairs(
+                counts,
+                edges,
+                color=colors.get(client, "tab:gray"),
+                linewidth=1.5,
+                label=f"{client}: {throttled:,} throttled",
+            )
+            parts.append(client)
+        qps = runs[0].get("qps", 100)
+        axes.axhline(qps, color="black", linestyle="--", linewidth=1, label="quota")
+        axes.set_title(f"one-way network jitter 0–{jitter} ms", fontsize="medium")
+        axes.set_ylabel("succeeded /s")
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="lower center", fontsize="small", ncols=4)
+        axes.set_ylim(0, qps * 1.3)
+    axes_list[-1].set_xlabel("seconds since the first call")
+    figure.suptitle("Jitter sweep: successful calls per second (client side)")
     return figure
