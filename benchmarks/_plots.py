@@ -115,7 +115,6 @@ def _jitter_figure(runs: list[dict[str, Any]]) -> Any:
     axes_list = figure.subplots(len(jitters), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
     colors = {"ours": "tab:blue", "official": "tab:red", "aiolimiter": "tab:orange"}
     for axes, jitter in zip(axes_list, jitters, strict=True):
-        parts = []
         for run in by_jitter[jitter]:
             counts = run["per_second"]
             edges = list(range(len(counts) + 1))
@@ -128,7 +127,6 @@ def _jitter_figure(runs: list[dict[str, Any]]) -> Any:
                 linewidth=1.5,
                 label=f"{client}: {throttled:,} throttled",
             )
-            parts.append(client)
         qps = runs[0].get("qps", 100)
         axes.axhline(qps, color="black", linestyle="--", linewidth=1, label="quota")
         axes.set_title(f"one-way network jitter 0–{jitter} ms", fontsize="medium")
