@@ -151,6 +151,8 @@ class MtsFaceClient:
         self.limiter: Limiter = limiter if limiter is not None else WindowLimiter(qps)
         self.qps = qps
         self.max_connections = max_connections
+        self.timeout = timeout
+        """The read timeout of a request, in seconds."""
         self.attempts = 0
         """Attempts sent so far (every retry counts): what the account quota is charged."""
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
@@ -191,14 +193,23 @@ class MtsFaceClient:
     # --- operations ------------------------------------------------------------------------
 
     async def register_custom_face(
-        self, category_id: str, person_id: str, image_url: str, person_name: str | None = None
+        self,
+        category_id: str,
+        person_id: str,
+        image_url: str,
+        person_name: str | None = None,
+        *,
+        max_retries: int | None = None,
     ) -> RegisteredFace:
         """Register one face image for a person; never retried blindly once sent.
 
         Raises :class:`AmbiguousOutcomeError` when the face may or may not have been stored.
+        ``max_retries`` (every operation has it) overrides the client's retry count for this
+        call; ``0`` leaves retrying to the caller.
         """
         result: RegisteredFace = await self.call(
             REGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
             category_id=category_id,
             person_id=person_id,
             image_url=image_url,
@@ -207,20 +218,31 @@ class MtsFaceClient:
         return result
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str
+        self, category_id: str, person_id: str, face_id: str, *, max_retries: int | None = None
     ) -> Acknowledgement:
         """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library."""
         result: Acknowledgement = await self.call(
-            UNREGISTER_CUSTOM_FACE, category_id=category_id, person_id=person_id, face_id=face_id
+            UNREGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
+            category_id=category_id,
+            person_id=person_id,
+            face_id=face_id,
         )
         return result
 
     async def list_custom_persons(
-        self, category_id: str | None = None, person_id: str | None = None
+        self,
+        category_id: str | None = None,
+        person_id: str | None = None,
+        *,
+        max_retries: int | None = None,
     ) -> CustomPersons:
         """List libraries, persons and faces, optionally narrowed to one library or person."""
         result: CustomPersons = await self.call(
-            LIST_CUSTOM_PERSONS, category_id=category_id, person_id=person_id
+            LIST_CUSTOM_PERSONS,
+            max_retries=max_retries,
+            category_id=category_id,
+            person_id=person_id,
         )
         return result
 
@@ -233,10 +255,12 @@ class MtsFaceClient:
         person_description: str | None = None,
         category_name: str | None = None,
         category_description: str | None = None,
+        max_retries: int | None = None,
     ) -> Acknowledgement:
         """Set the names and descriptions of a person and of its library."""
         result: Acknowledgement = await self.call(
             TAG_CUSTOM_PERSON,
+            max_retries=max_retries,
             category_id=category_id,
             person_id=person_id,
             person_name=person_name,
@@ -248,16 +272,24 @@ class MtsFaceClient:
 
     # --- the one request path --------------------------------------------------------------
 
-    async def call(self, operation: Operation, **values: str | None) -> Any:
-        """Validate, send with retries, and parse one operation; the typed methods use this."""
+    async def call(
+        self, operation: Operation, *, max_retries: int | None = None, **values: str | None
+    ) -> Any:
+        """Validate, send with retries, and parse one operation; the typed methods use this.
+
+        ``max_retries`` overrides the client's retry count for this call (``0``: one attempt).
+        """
         params = operation.build_params(values)
+        limit = self.retry_policy.max_retries if max_retries is None else max_retries
+        if limit < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
         retry = 0
         while True:
             try:
                 body = await self._attempt(operation, params, retry + 1)
                 return operation.parse(body)
             except MtsFacesError as exc:
-                if not self._may_retry(operation, exc) or retry >= self.retry_policy.max_retries:
+                if not self._may_retry(operation, exc) or retry >= limit:
                     final = self._final_error(operation, exc)
                     if final is exc:
                         raise
@@ -269,7 +301,7 @@ class MtsFaceClient:
                     "%s retry %d/%d in %.3fs after %s",
                     operation.action,
                     retry,
-                    self.retry_policy.max_retries,
+                    limit,
                     wait,
                     _short(exc),
                 )
