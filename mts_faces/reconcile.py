@@ -261,6 +261,15 @@ class PersonState(Protocol):
     def know(self, image_url: str, face_id: str) -> None: ...
 
 
+class NotSent(Exception):
+    """Raised inside the settler when a row's start could not be recorded: it was not sent,
+    and the run must stop (the ledger cannot be written)."""
+
+    def __init__(self, error: MtsFacesError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Fatal(Exception):
     """Raised inside the settler when the run must stop (bad credentials)."""
 
@@ -444,9 +453,12 @@ class Settler:
     async def _start(self, row: FaceRow) -> float:
         if self.ledger is None:
             return self.clock()
-        return await self.ledger.start(
-            row.row_key, row.row, row.category_id, row.person_id, row.image_url
-        )
+        try:
+            return await self.ledger.start(
+                row.row_key, row.row, row.category_id, row.person_id, row.image_url
+            )
+        except MtsFacesError as exc:  # the ledger's own error: nothing was sent
+            raise NotSent(exc) from exc
 
     async def _record_failed(self, row: FaceRow, reason: str) -> None:
         if self.ledger is not None:

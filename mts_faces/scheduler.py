@@ -47,6 +47,7 @@ from .reconcile import (
     Fatal,
     Gate,
     ListingCircuit,
+    NotSent,
     RegistrarClient,
     RetryBudget,
     ServiceCalls,
@@ -423,6 +424,11 @@ class Scheduler:
             except Fatal as exc:
                 self._set_fatal(exc.error)
                 outcome = RowOutcome(row, "failed", reason=str(exc.error), error=exc.error)
+            except NotSent as exc:
+                self._set_fatal(exc.error)
+                outcome = RowOutcome(
+                    row, NOT_ATTEMPTED, reason=f"not sent: {exc.error}", error=exc.error
+                )
             except Exception as exc:
                 # A bug, a ledger that cannot be written, an unexpected library error: the row
                 # is accounted for and the run stops and re-raises, since the same fault
