@@ -20,6 +20,7 @@ import attrs
 from ._common import QUICK, Sizes, log
 from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
+from ._rows_ledger import ledger_rows
 from ._rows_memory import memory_rows
 from ._rows_quota import quota_rows
 from .shared import shared_quota_row
@@ -37,6 +38,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "cost": cost_rows,
     "memory": memory_rows,
     "shared": shared_rows,
+    "ledger": ledger_rows,
 }
 
 

@@ -14,7 +14,11 @@ What it holds (``sqlite3 ledger.db`` reads it; the README documents the tables):
 
 Writes are queued and committed by one background thread, one transaction (one fsync) per
 batch: every write made during one turn of the event loop shares a commit, and the event
-loop never waits on the disk. :meth:`Ledger.start` returns once the row's start is durable.
+loop never waits on the disk. :meth:`Ledger.start` returns once the row's start is durable;
+the outcome writes (registered, ambiguous, failed) are committed with the next batch without
+being waited for: a crash before that commit leaves the row ``started``, which a rerun
+settles against the library, so nothing is lost or sent twice. A failed commit fails every
+later write.
 Reads are by key or by person on a second connection (WAL lets them run beside the writer),
 so resuming a run of any size reads no more than the rows it meets.
 
@@ -457,6 +461,11 @@ class Ledger:
         await self._durable()
         return now
 
+    async def flush(self) -> None:
+        """Wait until every write made so far is committed."""
+        self._queue_write("SELECT 1", ())
+        await self._durable()
+
     async def ambiguous(self, key: str, reason: str) -> None:
         """The row was sent and no usable answer came: it settles before any resend."""
         self._queue_write(
@@ -464,7 +473,6 @@ class Ledger:
             "updated_at = ?, run_id = ? WHERE key = ?",
             (reason, self.clock(), self.run_id, key),
         )
-        await self._durable()
 
     async def registered(
         self,
@@ -499,7 +507,6 @@ class Ledger:
                 self.run_id,
             ),
         )
-        await self._durable()
 
     async def failed(self, key: str, reason: str) -> None:
         """The row failed for certain (nothing stored); a rerun tries it again."""
@@ -507,7 +514,6 @@ class Ledger:
             "UPDATE rows SET state = 'failed', reason = ?, updated_at = ? WHERE key = ?",
             (reason, self.clock(), key),
         )
-        await self._durable()
 
     async def forget_face(self, key: str, reason: str) -> None:
         """A registered row whose face is gone from the library: it is registered again."""
@@ -516,7 +522,6 @@ class Ledger:
             "WHERE key = ? AND state = 'registered'",
             (reason, self.clock(), key),
         )
-        await self._durable()
 
     def _queue_write(self, sql: str, params: tuple[Any, ...]) -> None:
         if self._failed is not None:

@@ -498,10 +498,8 @@ class Scheduler:
             wait = latest + self.o.settle - self.o.clock()
             if wait > 0:
                 await asyncio.sleep(wait)
-            try:
-                listing = await self.calls.list(category_id, person_id)
-            except MtsFacesError as exc:
-                logger.warning("verify %s/%s: listing failed: %s", category_id, person_id, exc)
+            listing = await self._list_for_verify(category_id, person_id)
+            if listing is None:
                 continue
             key = (category_id.casefold(), person_id.casefold())
             dups = [
@@ -513,6 +511,27 @@ class Scheduler:
                 continue
             for done in await repair(self.calls, dups, self._kept_face, apply=self.o.repair):
                 self.report.add_repair(done)
+
+    async def _list_for_verify(self, category_id: str, person_id: str) -> CustomPersons | None:
+        budget = self.o.budget
+        for attempt in range(1, budget.listing_attempts + 1):
+            try:
+                return await self.calls.list(category_id, person_id)
+            except NotFoundError:
+                return None
+            except MtsFacesError as exc:
+                if attempt == budget.listing_attempts or self.stopping():
+                    logger.warning(
+                        "verify %s/%s: %d listings failed (last: %s); `mts-faces verify` "
+                        "checks it later",
+                        category_id,
+                        person_id,
+                        attempt,
+                        exc,
+                    )
+                    return None
+                await asyncio.sleep(budget.delay(attempt, exc, self.settler.rng))
+        return None
 
     def _kept_face(self, dup: Any) -> str | None:
         key = "\x1f".join((dup.category_id.casefold(), dup.person_id.casefold(), dup.image_url))

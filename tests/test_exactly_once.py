@@ -75,6 +75,7 @@ async def test_late_commits_beyond_the_client_timeout_are_settled_not_resent(
         await asyncio.sleep(0.6)  # any commit still pending lands now
         late = emulator.stats.faulted.get("late_commit", 0)
         held = store(emulator)
+    print(f"late commits {late} of {len(data)} rows: reconciled {registrar.report.reconciled}")
     assert late >= 5
     assert registrar.report.ambiguous >= 5 and registrar.report.reconciled >= 5
     assert Counter(o.status for o in outcomes) == {"registered": len(data)}
@@ -92,6 +93,7 @@ async def test_without_settling_late_commits_do_duplicate() -> None:
         await run_all(registrar, data)
         await asyncio.sleep(0.6)
         held = store(emulator)
+    print(f"settle=0, no verification: {sum(n - 1 for n in held.values())} duplicates")
     assert sum(n - 1 for n in held.values()) > 0
 
 
@@ -146,6 +148,7 @@ async def test_two_runs_on_two_ledgers_then_verify_repair(
         again = await asyncio.to_thread(main, base)
         listing = emulator.library()
     err = capsys.readouterr().err
+    print(f"two ledgers at once: {duplicates} duplicates of {len(data)} rows; after repair 0")
     assert (dry, fixed, again) == (1, 0, 0)
     assert f"{duplicates} extra FaceIds would remove" in err
     assert after == wanted(data)  # 0 duplicates, 0 rows lost
@@ -205,6 +208,7 @@ async def test_malformed_listings_after_lost_answers_never_read_as_nothing_store
         malformed = emulator.stats.faulted.get("malformed_listing", 0)
         lost = emulator.stats.faulted.get("commit_timeout", 0)
         held = store(emulator)
+    print(f"malformed listings {malformed}, lost answers {lost}, {len(data)} rows")
     assert malformed >= 5 and lost >= 5
     assert Counter(o.status for o in outcomes) == {"registered": len(data)}
     assert held == wanted(data)

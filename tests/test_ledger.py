@@ -32,6 +32,7 @@ async def test_rows_are_durable_and_read_by_key_and_person(tmp_path: Path) -> No
     await ledger.start("k2", 2, "cat", "p", "https://x/2")
     await ledger.registered("k1", 1, "Cat", "P", "https://x/1", "face-1", "req-1")
     await ledger.ambiguous("k2", "timeout")
+    await ledger.flush()
     row = ledger.get("k1")
     assert row is not None and row.state == "registered" and row.face_id == "face-1"
     assert row.started_at == started

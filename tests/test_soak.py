@@ -66,11 +66,13 @@ def check(result: SoakResult, *, throttling: bool = True) -> None:
 
 async def test_soak_ci(tmp_path: Path) -> None:
     result = await run_soak(CI, tmp_path / "soak.ledger")
+    print(result.to_dict())
     check(result)
 
 
 async def test_soak_harsh_faults_exactly_once_after_rerun(tmp_path: Path) -> None:
     result = await run_soak(HARSH, tmp_path / "soak.ledger")
+    print(result.to_dict())
     check(result, throttling=False)
 
 
