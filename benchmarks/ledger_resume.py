@@ -67,7 +67,6 @@ async def measure(mode: str, rows: int, ledger: str) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "baseline_rss_mb": baseline,
         "peak_rss_mb": _rss_mb(),
-        "ledger_mb": os.path.getsize(ledger) / 2**20,
     }
 
 
@@ -90,7 +89,9 @@ def main() -> None:
     parser.add_argument("--ledger", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(measure(args.child, args.rows, args.ledger))))
+        result = asyncio.run(measure(args.child, args.rows, args.ledger))
+        result["ledger_mb"] = os.path.getsize(args.ledger) / 2**20
+        print(json.dumps(result))
         return
     for r in run_all(args.rows):
         print(
