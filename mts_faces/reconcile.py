@@ -326,8 +326,13 @@ class Settler:
         """Send ``row`` (settling first when ``prior`` says it was in flight) and decide."""
         deadline: float | None = None
         if prior is not None and prior.state in ("started", "ambiguous"):
+            # In flight when an earlier run ended: it settles from its recorded start, and
+            # this run's final verification lists its person again.
             started = prior.started_at if prior.started_at is not None else self.clock()
             deadline = started + self.settle
+            self.hooks.ambiguous(row, started)
+            if self.ledger is not None:
+                await self.ledger.ambiguous(row.row_key, "in flight when an earlier run ended")
         attempts = 0
         last_error: MtsFacesError | None = None
         while True:

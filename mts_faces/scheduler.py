@@ -169,6 +169,7 @@ class Scheduler:
             circuit=self.circuit,
             hooks=SettleHooks(self.stopping, self._on_ambiguous, self._on_reconciled),
             clock=options.clock,
+            sleep=self.sleep,
         )
         self.people: dict[tuple[str, str], Person] = {}
         self.idle: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -196,6 +197,14 @@ class Scheduler:
     def stop(self) -> None:
         """Stop: no new sends; rows waiting end ``not attempted``."""
         self.stop_event.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when the run stops meanwhile."""
+        if seconds <= 0 or self.stopping():
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
 
     async def supervise(self, rows: Iterable[RowInput] | AsyncIterable[RowInput]) -> None:
         """Feed every row, wait for every person's task, verify, then end the outcomes."""
@@ -306,7 +315,7 @@ class Scheduler:
                     self.circuit.open(category_id, exc, failures)
                 if self.circuit.reason(category_id) is not None or self.stopping():
                     return False
-                await asyncio.sleep(self.o.budget.delay(failures, exc, self.settler.rng))
+                await self.sleep(self.o.budget.delay(failures, exc, self.settler.rng))
         self.circuit.success(category_id)
         self._load(listing, keep)
         return True
@@ -497,7 +506,7 @@ class Scheduler:
                 return
             wait = latest + self.o.settle - self.o.clock()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self.sleep(wait)
             listing = await self._list_for_verify(category_id, person_id)
             if listing is None:
                 continue
@@ -530,7 +539,7 @@ class Scheduler:
                         exc,
                     )
                     return None
-                await asyncio.sleep(budget.delay(attempt, exc, self.settler.rng))
+                await self.sleep(budget.delay(attempt, exc, self.settler.rng))
         return None
 
     def _kept_face(self, dup: Any) -> str | None:
