@@ -145,6 +145,26 @@ async def test_ledger_resume_checks_the_library_and_reregisters_what_is_gone(
     assert len(client.all_face_ids()) == 6
 
 
+async def test_rows_in_flight_at_a_crash_are_settled_not_resent(tmp_path: Path) -> None:
+    from mts_faces.ledger import Ledger, LedgerIdentity
+
+    path = tmp_path / "run.ledger"
+    client = FakeClient()
+    stored = FaceRow("cat", "p", "https://x/stored.jpg", row=1)
+    lost = FaceRow("cat", "p", "https://x/never.jpg", row=2)
+    await client.register_custom_face("cat", "p", stored.image_url)
+    # A run that died after recording both starts: one face was stored, one was not.
+    crashed = Ledger(path, LedgerIdentity("fake.example.com", "fake-key")).open()
+    for r in (stored, lost):
+        await crashed.start(r.row_key, r.row, r.category_id, r.person_id, r.image_url)
+    await crashed.aclose()
+    for check in (True, False):
+        registrar, outcomes = await run(client, [stored, lost], ledger=path, check_existing=check)
+        assert [o.status for o in outcomes] == ["registered", "registered"], check
+        assert len(client.store[("cat", "p")]) == 2, check  # nothing stored twice
+        assert registrar.report.duplicates_found == 0
+
+
 async def test_progress_callback_and_streaming_async_input() -> None:
     seen: list[int] = []
 
