@@ -127,6 +127,34 @@ class RetryBudget:
         return rng.uniform(cap / 2, cap)
 
 
+class ListingTries:
+    """Failed listings of one purpose (settling a row, loading a library) against the budget.
+
+    A throttled listing says the quota is busy, not that listing fails: it waits (the
+    service's hint, or the backoff) and counts against a budget four times as large.
+    """
+
+    THROTTLED_FACTOR = 4
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+        self.failures = 0
+        self.throttled = 0
+
+    @property
+    def tries(self) -> int:
+        """Failed listings so far, throttled or not."""
+        return self.failures + self.throttled
+
+    def spent(self, exc: BaseException) -> bool:
+        """Count ``exc``; True when the budget is spent."""
+        if isinstance(exc, ThrottlingError):
+            self.throttled += 1
+            return self.throttled >= self.THROTTLED_FACTOR * self.budget.listing_attempts
+        self.failures += 1
+        return self.failures >= self.budget.listing_attempts
+
+
 class ListingCircuit:
     """Consecutive listing failures per category; at ``threshold`` the category is open
     (its rows stop with :attr:`reason`) for the rest of the run."""
@@ -141,7 +169,10 @@ class ListingCircuit:
         return self._open.get(category_id.casefold())
 
     def failure(self, category_id: str, exc: BaseException) -> None:
-        """Count a failed listing of the category."""
+        """Count a failed listing of the category (a throttled one proves nothing about the
+        listing: it neither counts nor resets)."""
+        if isinstance(exc, ThrottlingError):
+            return
         key = category_id.casefold()
         count = self._failures[key] = self._failures.get(key, 0) + 1
         if count >= self.threshold and key not in self._open:
@@ -401,7 +432,7 @@ class Settler:
     ) -> RowOutcome | None:
         """List the person until the row's face shows up (→ registered) or a well-formed
         listing taken after ``deadline`` lacks it (→ None: send again)."""
-        failures = 0
+        tries = ListingTries(self.budget)
         last: MtsFacesError | None = None
         while True:
             blocked = self.circuit.reason(row.category_id)
@@ -420,15 +451,14 @@ class Settler:
                 raise Fatal(exc) from exc
             except MtsFacesError as exc:
                 last = exc
-                failures += 1
                 self.circuit.failure(row.category_id, exc)
-                if failures >= self.budget.listing_attempts:
+                if tries.spent(exc):
                     reason = (
-                        f"could not verify an ambiguous registration: {failures} listings "
+                        f"could not verify an ambiguous registration: {tries.tries} listings "
                         f"failed (last: {_reason(exc)})"
                     )
                     return await self._in_doubt(row, reason, exc)
-                await self.sleep(self.budget.delay(failures, exc, self.rng))
+                await self.sleep(self.budget.delay(tries.tries, exc, self.rng))
                 continue
             self.circuit.success(row.category_id)
             faces = [] if listing is None else person_faces(listing, row.person_key, row.image_url)

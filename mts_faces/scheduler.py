@@ -47,6 +47,7 @@ from .reconcile import (
     Fatal,
     Gate,
     ListingCircuit,
+    ListingTries,
     NotSent,
     RegistrarClient,
     RetryBudget,
@@ -297,7 +298,7 @@ class Scheduler:
     ) -> bool:
         """List a library (or one person) into per-person state; False when it failed
         (the circuit counts it; the category's rows then stop once it opens)."""
-        failures = 0
+        tries = ListingTries(self.o.budget)
         while True:
             try:
                 listing = await self.calls.list(category_id, person_id)
@@ -309,13 +310,12 @@ class Scheduler:
                 self._set_fatal(exc)
                 return False
             except MtsFacesError as exc:
-                failures += 1
                 self.circuit.failure(category_id, exc)
-                if failures >= self.o.budget.listing_attempts:
-                    self.circuit.open(category_id, exc, failures)
+                if tries.spent(exc):
+                    self.circuit.open(category_id, exc, tries.tries)
                 if self.circuit.reason(category_id) is not None or self.stopping():
                     return False
-                await self.sleep(self.o.budget.delay(failures, exc, self.settler.rng))
+                await self.sleep(self.o.budget.delay(tries.tries, exc, self.settler.rng))
         self.circuit.success(category_id)
         self._load(listing, keep)
         return True
@@ -522,25 +522,24 @@ class Scheduler:
                 self.report.add_repair(done)
 
     async def _list_for_verify(self, category_id: str, person_id: str) -> CustomPersons | None:
-        budget = self.o.budget
-        for attempt in range(1, budget.listing_attempts + 1):
+        tries = ListingTries(self.o.budget)
+        while True:
             try:
                 return await self.calls.list(category_id, person_id)
             except NotFoundError:
                 return None
             except MtsFacesError as exc:
-                if attempt == budget.listing_attempts or self.stopping():
+                if tries.spent(exc) or self.stopping():
                     logger.warning(
                         "verify %s/%s: %d listings failed (last: %s); `mts-faces verify` "
                         "checks it later",
                         category_id,
                         person_id,
-                        attempt,
+                        tries.tries,
                         exc,
                     )
                     return None
-                await self.sleep(budget.delay(attempt, exc, self.settler.rng))
-        return None
+                await self.sleep(self.o.budget.delay(tries.tries, exc, self.settler.rng))
 
     def _kept_face(self, dup: Any) -> str | None:
         key = "\x1f".join((dup.category_id.casefold(), dup.person_id.casefold(), dup.image_url))

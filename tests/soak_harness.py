@@ -53,6 +53,8 @@ class SoakSettings:
     """The client's read timeout: below ``hang``, the lost answer is a timeout."""
     settle: float = 2.5
     """the registrar's settle period: longer than ``late_commit_delay``."""
+    retry_backoff: float = 0.5
+    """the registrar's first wait between tries of a row or a listing."""
     seed: int = 2014
     fault_actions: frozenset[str] = frozenset({"RegisterCustomFace"})
     """Actions the faults hit; adding ListCustomPersons also fails the reconciling lists."""
@@ -249,7 +251,12 @@ async def run_soak(
                 backoff_base=0.05,
                 backoff_max=1.0,
             ) as client:
-                registrar = Registrar(client, ledger=ledger, settle=settings.settle)
+                registrar = Registrar(
+                    client,
+                    ledger=ledger,
+                    settle=settings.settle,
+                    retry_backoff=settings.retry_backoff,
+                )
                 outcomes = []
                 refused = "no ledger"
                 async for o in registrar.run(read_manifest(io.BytesIO(data))):
@@ -273,7 +280,12 @@ async def run_soak(
         ) as client:
             while reruns < 3:
                 reruns += 1
-                rerun = Registrar(client, ledger=ledger, settle=settings.settle)
+                rerun = Registrar(
+                    client,
+                    ledger=ledger,
+                    settle=settings.settle,
+                    retry_backoff=settings.retry_backoff,
+                )
                 again = [o async for o in rerun.run(read_manifest(io.BytesIO(data)))]
                 if not any(o.status == "failed" and o.row.row in expected for o in again):
                     break

@@ -27,6 +27,7 @@ CI = SoakSettings(
     late_commit_rate=0.03,
     late_commit_delay=0.8,
     settle=1.2,
+    retry_backoff=0.05,
 )
 # Far beyond the issue: 40% of every call fails, the verifying lists included, so rows are
 # left in doubt; the rerun with the ledger must still end with each face stored exactly once.
@@ -38,6 +39,10 @@ HARSH = attrs.evolve(
     drop_rate=0.05,
     commit_timeout_rate=0.05,
     fault_actions=frozenset({"RegisterCustomFace", "ListCustomPersons"}),
+    # Shorter times, same order: client timeout < late commit < settle.
+    client_timeout=0.25,
+    late_commit_delay=0.35,
+    settle=0.5,
 )
 FULL = SoakSettings()  # 3,000 rows, the issue's fault rates, quota 100/s
 
