@@ -254,6 +254,7 @@ class Ledger:
         self._last_heartbeat = 0.0
         self._key = str(self.path.resolve())
         self._holding = False
+        self._heartbeat: asyncio.Task[None] | None = None
 
     # --- opening and closing -------------------------------------------------------------------
 
@@ -350,8 +351,28 @@ class Ledger:
             "INSERT OR REPLACE INTO identity (name, value) VALUES (?, ?)", wanted.items()
         )
 
+    def start_heartbeat(self) -> None:
+        """Refresh the lock's heartbeat every ``HEARTBEAT_EVERY`` seconds while the run
+        lives, also when it writes nothing (a long settle): another host then never takes a
+        live run's lock for an abandoned one. Call from the event loop; ``aclose`` stops it."""
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            if self._failed is not None or self._thread is None:
+                return
+            now = self.clock()
+            self._last_heartbeat = now
+            self._queue_write(
+                "UPDATE lock SET heartbeat = ? WHERE id = 1 AND token = ?", (now, self._token)
+            )
+
     async def aclose(self) -> None:
         """Commit what is queued, mark the run finished, release the lock and close."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
         if self._thread is None:
             return
         if self._pending:

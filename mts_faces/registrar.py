@@ -197,6 +197,7 @@ class Registrar:
                 version=__version__,
             )
             await asyncio.to_thread(ledger.open)
+            ledger.start_heartbeat()
             self.report.ledger = str(self.ledger_path)
         scheduler = Scheduler(self.client, ledger, self._options, self.report, self._stop)
         supervisor = asyncio.create_task(scheduler.supervise(rows))
