@@ -1,4 +1,4 @@
-"""Row 5: the SQLite ledger: resume of a large ledger, and flat memory whatever the rows'
+"""Row 6: the SQLite ledger: resume of a large ledger, and flat memory whatever the rows'
 shape (``ledger_resume.py`` measures)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def ledger_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     try:
         results = {r["mode"]: r for r in run_all(rows)}
     except Exception as exc:
-        return [Row("5. ledger", "Resume from the ledger", f"error: {exc}", "", "not run")]
+        return [Row("6. ledger", "Resume from the ledger", f"error: {exc}", "", "not run")]
     raw += [{"benchmark": "ledger", **r} for r in results.values()]
     fresh, resume = results["fresh"], results["resume"]
     growth = resume["peak_rss_mb"] / fresh["peak_rss_mb"] - 1
@@ -31,7 +31,7 @@ def ledger_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     ok = growth <= 0.10 and resume["peak_rss_mb"] < 100 and resumed_all
     out = [
         Row(
-            "5. ledger",
+            "6. ledger",
             "Resume of a ledger",
             measured,
             "resume within +10% of a fresh run, < 100 MB",
@@ -47,7 +47,7 @@ def ledger_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     flat = worst <= fresh["peak_rss_mb"] * 1.10 and worst < 100
     out.append(
         Row(
-            "5. ledger",
+            "6. ledger",
             "Memory by shape",
             f"{rows:,} rows; " + "; ".join(shapes),
             "within +10% of the fresh run, < 100 MB",

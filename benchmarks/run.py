@@ -20,6 +20,8 @@ import attrs
 from ._common import QUICK, Sizes, log
 from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
+from ._rows_emulator import emulator_rows
+from ._rows_import import import_rows
 from ._rows_ledger import ledger_rows
 from ._rows_memory import memory_rows
 from ._rows_quota import quota_rows
@@ -38,6 +40,8 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "cost": cost_rows,
     "memory": memory_rows,
     "shared": shared_rows,
+    "import": import_rows,
+    "emulator": emulator_rows,
     "ledger": ledger_rows,
 }
 

@@ -55,13 +55,19 @@ class HasAccessKeyId(Protocol):
     def access_key_id(self) -> str: ...
 
 
+class HasCredentials(Protocol):
+    """Where the client gets its credentials (the registrar reads the AccessKeyId only)."""
+
+    async def get_credentials(self) -> HasAccessKeyId: ...
+
+
 class RegistrarClient(Protocol):
     """What the registrar needs of a client (:class:`~mts_faces.MtsFaceClient` is one)."""
 
     @property
     def endpoint(self) -> str: ...
     @property
-    def credentials(self) -> HasAccessKeyId: ...
+    def credentials(self) -> HasCredentials: ...
     @property
     def timeout(self) -> float: ...
     @property

@@ -184,8 +184,9 @@ class Registrar:
         calls_before = self.client.attempts
         ledger: Ledger | None = None
         if self.ledger_path is not None:
+            credentials = await self.client.credentials.get_credentials()
             identity = LedgerIdentity(
-                urlsplit(self.client.endpoint).netloc, self.client.credentials.access_key_id
+                urlsplit(self.client.endpoint).netloc, credentials.access_key_id
             )
             from . import __version__
 

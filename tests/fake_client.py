@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from mts_faces import (
     AmbiguousOutcomeError,
@@ -31,6 +32,10 @@ class FakeClient:
 
     class credentials:  # the attribute the registrar reads (AccessKeyId only)
         access_key_id = "fake-key"
+
+        @classmethod
+        async def get_credentials(cls) -> Any:
+            return cls
 
     def __init__(self, fault: Callable[[str, int], str | None] | None = None) -> None:
         self.store: dict[tuple[str, str], list[Face]] = {}

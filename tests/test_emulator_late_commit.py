@@ -15,7 +15,7 @@ from mts_faces.emulator._command import add_parser, config_from_args
 
 
 def client_for(emulator: Emulator, **options: object) -> MtsFaceClient:
-    return MtsFaceClient(**emulator.client_kwargs(), qps=1000, **options)  # type: ignore[arg-type]
+    return MtsFaceClient(**emulator.client_kwargs(qps=1000, **options))
 
 
 async def faces(client: MtsFaceClient, category: str = "lib") -> list[str]:

@@ -37,7 +37,7 @@ def rows(persons: int, faces: int, category: str = CATEGORY) -> list[FaceRow]:
 def client_for(emulator: Emulator, **options: Any) -> MtsFaceClient:
     options.setdefault("qps", 1000)
     options.setdefault("backoff_base", 0.01)
-    return MtsFaceClient(**emulator.client_kwargs(), **options)
+    return MtsFaceClient(**emulator.client_kwargs(**options))
 
 
 def store(emulator: Emulator, category: str = CATEGORY) -> Counter[tuple[str, str]]:
