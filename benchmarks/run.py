@@ -23,6 +23,7 @@ from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
 from ._rows_emulator import emulator_rows
 from ._rows_import import import_rows
+from ._rows_ledger import ledger_rows
 from ._rows_memory import memory_rows
 from ._rows_quota import quota_rows
 from ._rows_telemetry import telemetry_rows
@@ -43,6 +44,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "shared": shared_rows,
     "import": import_rows,
     "emulator": emulator_rows,
+    "ledger": ledger_rows,
     "telemetry": telemetry_rows,
 }
 

@@ -202,6 +202,8 @@ class MtsFaceClient:
         self.limiter: Limiter = limiter if limiter is not None else WindowLimiter(qps)
         self.qps = qps
         self.max_connections = max_connections
+        self.timeout = timeout
+        """The read timeout of a request, in seconds."""
         self.attempts = 0
         """Attempts sent so far (every retry counts): what the account quota is charged."""
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
@@ -283,15 +285,19 @@ class MtsFaceClient:
         image_url: str,
         person_name: str | None = None,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
     ) -> RegisteredFace:
         """Register one face image for a person; never retried blindly once sent.
 
         Raises :class:`AmbiguousOutcomeError` when the face may or may not have been stored.
-        ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``max_retries`` (every operation has it) overrides the client's retry count for this
+        call; ``0`` leaves retrying to the caller. ``timeout`` (seconds per attempt) overrides
+        the client's for this call.
         """
         result: RegisteredFace = await self.call(
             REGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
             timeout=timeout,
             category_id=category_id,
             person_id=person_id,
@@ -306,6 +312,7 @@ class MtsFaceClient:
         person_id: str,
         face_id: str,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
     ) -> Acknowledgement:
         """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library.
@@ -314,6 +321,7 @@ class MtsFaceClient:
         """
         result: Acknowledgement = await self.call(
             UNREGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
             timeout=timeout,
             category_id=category_id,
             person_id=person_id,
@@ -326,6 +334,7 @@ class MtsFaceClient:
         category_id: str | None = None,
         person_id: str | None = None,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
     ) -> CustomPersons:
         """List libraries, persons and faces, optionally narrowed to one library or person.
@@ -333,7 +342,11 @@ class MtsFaceClient:
         ``timeout`` (seconds per attempt) overrides the client's for this call.
         """
         result: CustomPersons = await self.call(
-            LIST_CUSTOM_PERSONS, timeout=timeout, category_id=category_id, person_id=person_id
+            LIST_CUSTOM_PERSONS,
+            max_retries=max_retries,
+            timeout=timeout,
+            category_id=category_id,
+            person_id=person_id,
         )
         return result
 
@@ -346,6 +359,7 @@ class MtsFaceClient:
         person_description: str | None = None,
         category_name: str | None = None,
         category_description: str | None = None,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
     ) -> Acknowledgement:
         """Set the names and descriptions of a person and of its library.
@@ -354,6 +368,7 @@ class MtsFaceClient:
         """
         result: Acknowledgement = await self.call(
             TAG_CUSTOM_PERSON,
+            max_retries=max_retries,
             timeout=timeout,
             category_id=category_id,
             person_id=person_id,
@@ -370,19 +385,24 @@ class MtsFaceClient:
         self,
         operation: Operation,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         **values: str | None,
     ) -> Any:
         """Validate, send with retries, and parse one operation; the typed methods use this.
 
+        ``max_retries`` overrides the client's retry count for this call (``0``: one attempt);
         ``timeout``: total seconds per attempt for this call (default: the client's).
         """
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
         params = operation.build_params(values)
+        limit = self.retry_policy.max_retries if max_retries is None else max_retries
+        if limit < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
         trace = self._telemetry.begin(operation, params)
         try:
-            result = await self._send(operation, params, timeout, trace)
+            result = await self._send(operation, params, timeout, limit, trace)
         except BaseException as exc:
             trace.end(exc)
             raise
@@ -394,6 +414,7 @@ class MtsFaceClient:
         operation: Operation,
         params: dict[str, str],
         timeout: float | None,  # noqa: ASYNC109 (per attempt)
+        limit: int,
         trace: CallTrace,
     ) -> Any:
         retry = 0
@@ -402,7 +423,7 @@ class MtsFaceClient:
                 body = await self._attempt(operation, params, retry + 1, timeout, trace)
                 return operation.parse(body)
             except MtsFacesError as exc:
-                if not self._may_retry(operation, exc) or retry >= self.retry_policy.max_retries:
+                if not self._may_retry(operation, exc) or retry >= limit:
                     final = self._final_error(operation, exc)
                     # Retries are DEBUG; only the outcome the caller sees is logged above.
                     logger.info(
@@ -422,7 +443,7 @@ class MtsFaceClient:
                     "%s retry %d/%d in %.3fs after %s",
                     operation.action,
                     retry,
-                    self.retry_policy.max_retries,
+                    limit,
                     wait,
                     _short(exc),
                 )
