@@ -131,9 +131,11 @@ class _Connection(asyncio.Protocol):
             self._apply(outcome, request)
 
     async def _later(self, deferred: Deferred, request: ParsedRequest) -> None:
-        if deferred.delay > 0:
-            await asyncio.sleep(deferred.delay)
-        outcome = deferred.finish()
+        outcome: Outcome | Deferred = deferred
+        while isinstance(outcome, Deferred):  # the network's delay, then the service's
+            if outcome.delay > 0:
+                await asyncio.sleep(outcome.delay)
+            outcome = outcome.finish()
         if isinstance(outcome, Hang):
             self._hanging = True
             if not self._closed:
@@ -169,6 +171,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or self._closed:
             return
         headers = [("content-type", JSON_CONTENT_TYPE), ("x-acs-request-id", reply.request_id)]
+        headers += reply.headers
         self._transport.write(
             response_bytes(
                 reply.status,
