@@ -17,7 +17,7 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
-from ._limiter import Limiter, WindowLimiter
+from ._limiter import Grant, Limiter, Priority, QuotaLimiter, WindowLimiter
 from ._models import (
     Acknowledgement,
     Category,
@@ -29,7 +29,7 @@ from ._models import (
 from ._operations import MAX_FACES_PER_PERSON, MAX_ID_LENGTH
 from ._redis_limiter import RedisWindowLimiter
 from ._retry import RetryPolicy
-from ._window import AimdPolicy
+from ._window import AimdPolicy, MarginPolicy
 
 __version__ = "0.1.0"
 
@@ -48,12 +48,16 @@ __all__ = [
     "CredentialsError",
     "CustomPersons",
     "Face",
+    "Grant",
     "InvalidParameterError",
     "Limiter",
+    "MarginPolicy",
     "MtsFaceClient",
     "MtsFacesError",
     "NotFoundError",
     "Person",
+    "Priority",
+    "QuotaLimiter",
     "RedisWindowLimiter",
     "RegisteredFace",
     "ResponseFormatError",

@@ -15,6 +15,7 @@ import random
 import ssl
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -31,7 +32,15 @@ from ._exceptions import (
     api_error,
 )
 from ._http import HttpTransport, RawResponse
-from ._limiter import Limiter, WindowLimiter
+from ._limiter import (
+    INTERACTIVE,
+    LaneSemaphore,
+    Limiter,
+    LimiterAdapter,
+    Priority,
+    WindowLimiter,
+    check_priority,
+)
 from ._models import Acknowledgement, CustomPersons, RegisteredFace
 from ._operations import (
     API_VERSION,
@@ -120,7 +129,7 @@ class MtsFaceClient:
         allow_insecure_http: bool = False,
         signature_version: Literal[1, 3] = 3,
         qps: float = DEFAULT_QPS,
-        limiter: Limiter | None = None,
+        limiter: Limiter | AbstractAsyncContextManager[Any] | None = None,
         max_retries: int = 3,
         backoff_base: float = 0.2,
         backoff_max: float = 8.0,
@@ -148,14 +157,17 @@ class MtsFaceClient:
         self._host = urlsplit(self.endpoint).netloc
         self.signature_version = signature_version
         self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
-        self.limiter: Limiter = limiter if limiter is not None else WindowLimiter(qps)
+        self.limiter: object = limiter if limiter is not None else WindowLimiter(qps)
+        """The rate limiter as given (default: a :class:`WindowLimiter` at ``qps``)."""
+        self._limiter = LimiterAdapter(self.limiter)
         self.qps = qps
         self.max_connections = max_connections
         self.attempts = 0
         """Attempts sent so far (every retry counts): what the account quota is charged."""
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
         # spent while the call queues for the pool (that would bunch requests at the server).
-        self._slots = asyncio.Semaphore(max_connections)
+        # Bulk calls leave a few to interactive ones (see LaneSemaphore).
+        self._slots = LaneSemaphore(max_connections)
         self._transport = transport or HttpTransport(
             timeout=timeout,
             connect_timeout=connect_timeout,
@@ -191,14 +203,22 @@ class MtsFaceClient:
     # --- operations ------------------------------------------------------------------------
 
     async def register_custom_face(
-        self, category_id: str, person_id: str, image_url: str, person_name: str | None = None
+        self,
+        category_id: str,
+        person_id: str,
+        image_url: str,
+        person_name: str | None = None,
+        *,
+        priority: Priority = INTERACTIVE,
     ) -> RegisteredFace:
         """Register one face image for a person; never retried blindly once sent.
 
         Raises :class:`AmbiguousOutcomeError` when the face may or may not have been stored.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: RegisteredFace = await self.call(
             REGISTER_CUSTOM_FACE,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             image_url=image_url,
@@ -207,20 +227,34 @@ class MtsFaceClient:
         return result
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str
+        self, category_id: str, person_id: str, face_id: str, *, priority: Priority = INTERACTIVE
     ) -> Acknowledgement:
-        """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library."""
+        """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library.
+
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
+        """
         result: Acknowledgement = await self.call(
-            UNREGISTER_CUSTOM_FACE, category_id=category_id, person_id=person_id, face_id=face_id
+            UNREGISTER_CUSTOM_FACE,
+            priority=priority,
+            category_id=category_id,
+            person_id=person_id,
+            face_id=face_id,
         )
         return result
 
     async def list_custom_persons(
-        self, category_id: str | None = None, person_id: str | None = None
+        self,
+        category_id: str | None = None,
+        person_id: str | None = None,
+        *,
+        priority: Priority = INTERACTIVE,
     ) -> CustomPersons:
-        """List libraries, persons and faces, optionally narrowed to one library or person."""
+        """List libraries, persons and faces, optionally narrowed to one library or person.
+
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
+        """
         result: CustomPersons = await self.call(
-            LIST_CUSTOM_PERSONS, category_id=category_id, person_id=person_id
+            LIST_CUSTOM_PERSONS, priority=priority, category_id=category_id, person_id=person_id
         )
         return result
 
@@ -233,10 +267,15 @@ class MtsFaceClient:
         person_description: str | None = None,
         category_name: str | None = None,
         category_description: str | None = None,
+        priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
-        """Set the names and descriptions of a person and of its library."""
+        """Set the names and descriptions of a person and of its library.
+
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
+        """
         result: Acknowledgement = await self.call(
             TAG_CUSTOM_PERSON,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             person_name=person_name,
@@ -248,13 +287,19 @@ class MtsFaceClient:
 
     # --- the one request path --------------------------------------------------------------
 
-    async def call(self, operation: Operation, **values: str | None) -> Any:
-        """Validate, send with retries, and parse one operation; the typed methods use this."""
+    async def call(
+        self, operation: Operation, *, priority: Priority = INTERACTIVE, **values: str | None
+    ) -> Any:
+        """Validate, send with retries, and parse one operation; the typed methods use this.
+
+        ``priority``: the limiter's lane for every attempt (``"interactive"`` or ``"bulk"``).
+        """
+        lane = check_priority(priority)
         params = operation.build_params(values)
         retry = 0
         while True:
             try:
-                body = await self._attempt(operation, params, retry + 1)
+                body = await self._attempt(operation, params, retry + 1, lane)
                 return operation.parse(body)
             except MtsFacesError as exc:
                 if not self._may_retry(operation, exc) or retry >= self.retry_policy.max_retries:
@@ -276,10 +321,15 @@ class MtsFaceClient:
                 await asyncio.sleep(wait)
 
     async def _attempt(
-        self, operation: Operation, params: dict[str, str], attempt: int
+        self, operation: Operation, params: dict[str, str], attempt: int, priority: Priority
     ) -> dict[str, Any]:
-        async with self._slots:
-            await self.limiter.acquire()
+        async with self._slots.hold(priority):
+            grant = await self._limiter.acquire(
+                action=operation.action,
+                region=self.region_id,
+                priority=priority,
+                account=self.credentials.access_key_id,
+            )
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
             url, headers = self._sign(operation.action, params)
             self.attempts += 1
@@ -307,13 +357,10 @@ class MtsFaceClient:
             elapsed_ms,
         )
         if 200 <= response.status < 300 and isinstance(body, dict) and "Code" not in body:
-            self.limiter.on_success()
+            self._limiter.feedback(grant, throttled=False)
             return body
         error = self._api_error(body, response)
-        if isinstance(error, ThrottlingError):
-            self.limiter.on_throttled()
-        else:
-            self.limiter.on_success()
+        self._limiter.feedback(grant, throttled=isinstance(error, ThrottlingError))
         raise error
 
     def _sign(self, action: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:

@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._limiter import DEFAULT_MARGIN, DEFAULT_WARMUP, check_margins
+from ._limiter import (
+    DEFAULT_MARGIN,
+    DEFAULT_WARMUP,
+    INTERACTIVE,
+    REGISTER_ACTION,
+    Grant,
+    Priority,
+    QuotaLimiter,
+    check_margins,
+)
 from ._window import DEFAULT_AIMD, MIN_TOLERANCE, AimdPolicy, call_limit
 
 if TYPE_CHECKING:
@@ -160,7 +169,7 @@ return {string.format('%d', slot - now), string.format('%d', slot), string.forma
 """
 
 
-class RedisWindowLimiter:
+class RedisWindowLimiter(QuotaLimiter):
     """The :class:`WindowLimiter` rules over one Redis key, for every worker of an account.
 
     All workers sharing ``key`` must use the same ``qps`` and ``margin`` (the script refuses a
@@ -227,7 +236,14 @@ class RedisWindowLimiter:
         """The shared rate in calls per second, as of this worker's last acquire."""
         return self._rate
 
-    async def acquire(self) -> None:
+    async def acquire(
+        self,
+        *,
+        action: str = REGISTER_ACTION,
+        region: str = "",
+        priority: Priority = INTERACTIVE,
+        account: str | None = None,
+    ) -> Grant:
         """Reserve the next shared slot (one round trip), then sleep until it comes."""
         successes, throttles = self._successes, self._throttles
         self._successes = self._throttles = 0
@@ -247,12 +263,13 @@ class RedisWindowLimiter:
         delay = self._server_clock.to_local(reservation.slot, now) - now
         if delay > 0:
             await self._sleep(delay)
+        return Grant(action, region, reservation.slot, 0, math.inf, priority)
 
-    def on_success(self) -> None:
+    def on_success(self, grant: Grant | None = None) -> None:
         """Feedback, sent with the next acquire: a call answered without throttling."""
         self._successes += 1
 
-    def on_throttled(self) -> None:
+    def on_throttled(self, grant: Grant | None = None) -> None:
         """Feedback, sent with the next acquire: the service throttled a call."""
         self._throttles += 1
 
