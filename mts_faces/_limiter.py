@@ -328,13 +328,13 @@ class WindowLimiter(QuotaLimiter):
 
     @property
     def current_rate(self) -> float:
-        """RegisterCustomFace's rate now, in calls per second (``qps`` unless competition
-        cut it)."""
+        """RegisterCustomFace's rate now (in the region last used), in calls per second:
+        ``qps`` unless competition cut it."""
         return self._default.rate.rate
 
     @property
     def current_margin(self) -> float:
-        """RegisterCustomFace's window margin now, in seconds."""
+        """RegisterCustomFace's window margin now (in the region last used), in seconds."""
         return self._default.schedule.window - 1.0
 
     def rate_of(self, action: str, region: str = "") -> float:
@@ -360,6 +360,8 @@ class WindowLimiter(QuotaLimiter):
         """
         lane = check_priority(priority)
         scope = self._scope(region, action)
+        if action == REGISTER_ACTION:
+            self._default = scope  # what current_rate reports, and grant-less feedback hits
         loop = self._bind_loop()
         fut: asyncio.Future[None] = loop.create_future()
         scope.waiters[lane].append(fut)
