@@ -5,6 +5,7 @@ quota gate, and runs the rival; see ``benchmarks/_rows_network.py``):
 
 * ``ours``: ``--calls`` registrations gathered at once through one :class:`MtsFaceClient`
   (default limiter, ``priority="bulk"``, retries enough that throttled calls are retried);
+* ``aiolimiter``: the same with ``limiter=aiolimiter.AsyncLimiter(qps, 1)``;
 * ``official``: the official SDK with ``aiolimiter.AsyncLimiter(qps, 1)``, a semaphore of 64
   and retries on throttling (as ``benchmarks/quota.py`` drives it);
 * ``lanes``: the ``ours`` bulk run plus an interactive registration every ``--every`` seconds,
@@ -54,6 +55,8 @@ class WaitRecorder(WindowLimiter):
 
 async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[str, Any]:
     limiter = WaitRecorder(args.qps)
+    # The card's limiter in our client: any object with acquire() is accepted.
+    given: Any = AsyncLimiter(args.qps, 1) if args.scenario == "aiolimiter" else limiter
     done: list[float] = []
     statuses: Counter[str] = Counter()
     async with MtsFaceClient(
@@ -61,7 +64,7 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
         access_key_id=key_id,
         access_key_secret=secret,
         qps=args.qps,
-        limiter=limiter,
+        limiter=given,
         max_retries=20,
     ) as client:
         start = time.perf_counter()
@@ -82,7 +85,8 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
         if args.scenario == "lanes":
             while not bulk.done():
                 await asyncio.sleep(args.every)
-                row = ("bench", "interactive", f"https://img.example/i/{len(interactive)}.jpg")
+                n = len(interactive)
+                row = ("bench", f"interactive-{n}", f"https://img.example/i/{n}.jpg")
                 interactive.append(asyncio.create_task(one(row, "interactive")))
         await bulk
         await asyncio.gather(*interactive)
@@ -129,7 +133,9 @@ async def run_official(args: argparse.Namespace, key_id: str, secret: str) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("ours", "official", "lanes"), required=True)
+    parser.add_argument(
+        "--scenario", choices=("ours", "aiolimiter", "official", "lanes"), required=True
+    )
     parser.add_argument("--url", required=True)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--qps", type=float, default=100.0)

@@ -21,6 +21,7 @@ from ._common import QUICK, Sizes, log
 from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
 from ._rows_memory import memory_rows
+from ._rows_network import network_rows
 from ._rows_quota import quota_rows
 from .shared import shared_quota_row
 
@@ -37,6 +38,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "cost": cost_rows,
     "memory": memory_rows,
     "shared": shared_rows,
+    "network": network_rows,
 }
 
 
