@@ -1,7 +1,9 @@
 """One account quota shared by many processes and machines, kept in Redis.
 
-Each ``acquire`` is one round trip: a Lua script, atomic on the server, applies this worker's
-feedback since its last call to the shared AIMD rate, reserves the next slot under the same
+Each reservation is one round trip: a Lua script, atomic on the server, applies this worker's
+feedback since its last call (successes, and its verdicts on its throttles: our bunching
+widens the shared margin, someone else's calls cut the shared rate to our share, each at most
+once per epoch, as ``WindowLimiter.on_throttled``), reserves the next slot under the same
 rules as the in-process limiter (``_window.WindowSchedule``: a log of the last ``qps`` slots,
 a window apart, plus even pacing), and returns it. Time is the Redis server's ``TIME``, so
 the workers' clocks never enter the schedule. Slots are reserved ahead, so a worker cancelled
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,7 @@ from ._limiter import (
     DEFAULT_WARMUP,
     INTERACTIVE,
     REGISTER_ACTION,
+    SHARE_SAFETY,
     Grant,
     Priority,
     QuotaLimiter,
@@ -41,7 +45,17 @@ from ._limiter import (
     check_margins,
     check_priority,
 )
-from ._window import DEFAULT_AIMD, MIN_TOLERANCE, AimdPolicy, call_limit
+from ._window import (
+    DEFAULT_AIMD,
+    DEFAULT_MARGIN_POLICY,
+    JITTER,
+    MIN_TOLERANCE,
+    AimdPolicy,
+    MarginPolicy,
+    RoundTrips,
+    call_limit,
+    classify,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -114,10 +128,26 @@ end
 local seen = ARGV[16] == '1'
 local horizon = tonumber(ARGV[17])
 local restart_gap = tonumber(ARGV[18])
+-- ARGV[19..31]: the learned margin (as _window.LearnedMargin), and this worker's verdicts on
+-- its throttles (as WindowLimiter.on_throttled): a widening or a cut, each for an epoch.
+local learn = ARGV[19] == '1'
+local max_margin = tonumber(ARGV[20])
+local widen = tonumber(ARGV[21])
+local step = tonumber(ARGV[22])
+local headroom_f = tonumber(ARGV[23])
+local settle = tonumber(ARGV[24])
+local memory = tonumber(ARGV[25])
+local widen_vote = tonumber(ARGV[26])
+local cut_vote = tonumber(ARGV[27])
+local cut_slot = tonumber(ARGV[28]) or 0
+local share_factor = tonumber(ARGV[29])
+local high = tonumber(ARGV[30]) or 0
+local bound = tonumber(ARGV[31]) or max_margin
+local base_margin = window - 1000000
 
 local config = ARGV[1] .. '/' .. ARGV[2]
 local st = redis.call('HMGET', state, 'config', 'rate', 'tat', 'last', 'cut_until',
-  'burst_start', 'burst')
+  'burst_start', 'burst', 'margin', 'bad', 'before_m', 'before_b', 'calm', 'epoch', 'settles')
 if st[1] and st[1] ~= config then
   return redis.error_reply('mts-faces limiter: workers of one key disagree on qps/margin: '
     .. st[1] .. ' here, ' .. config .. ' asked')
@@ -139,6 +169,66 @@ end
 local cut_until = tonumber(st[5]) or 0
 local burst_start = tonumber(st[6]) or 0
 local burst = tonumber(st[7]) or 0
+local margin = tonumber(st[8]) or base_margin
+local bad = tonumber(st[9]) or 0
+local before_m = tonumber(st[10])
+local before_b = tonumber(st[11]) or 0
+local calm = tonumber(st[12]) or 0
+local epoch = tonumber(st[13]) or 0
+local settles = tonumber(st[14]) or 0
+
+-- The margin settles with calm calls, widens on our own bunching (LearnedMargin).
+if learn and successes > 0 then
+  bad = bad * math.exp(-successes / memory)
+  local target = math.max(base_margin, math.min(margin, bad * headroom_f))
+  margin = target + (margin - target) * math.exp(-successes / settle)
+  calm = calm + successes
+  if calm >= settle then before_m = nil end
+end
+if learn and widen_vote and widen_vote == epoch then
+  if not before_m then before_m, before_b = margin, bad end
+  bad = math.max(bad, margin)
+  local wider = math.max(margin * widen, margin + step)
+  margin = math.min(max_margin, math.max(margin, bound), wider)
+  calm = 0
+  epoch = epoch + 1
+elseif adaptive and cut_vote and cut_vote == epoch and cut_slot >= settles then
+  -- Someone else's calls: undo the widenings they caused, cut to the share our calls got
+  -- (the grants of the last window whose answers are in, times the part accepted).
+  if before_m then margin, bad, before_m = before_m, before_b, nil end
+  local w = 1000000 + margin
+  local stop = now - high
+  local entries = redis.call('LRANGE', log, 0, -1)
+  local share = nil
+  if share_factor and #entries > 0 and tonumber(entries[1]) <= stop - w then
+    local grants = 0
+    for _, e in ipairs(entries) do
+      local t = tonumber(e)
+      if t > stop - w and t <= stop then grants = grants + 1 end
+    end
+    share = grants * share_factor * 1000000 / w
+  end
+  if share and share < rate then
+    rate = math.max(floor_rate, share)
+  else
+    rate = math.max(floor_rate, rate * decrease)
+  end
+  settles = now + w
+  epoch = epoch + 1
+end
+if not learn then margin = base_margin end
+window = 1000000 + margin
+
+local function save(last_slot)
+  redis.call('HSET', state, 'config', config, 'rate', string.format('%.17g', rate),
+    'tat', string.format('%.17g', tat), 'last', string.format('%d', last_slot),
+    'cut_until', string.format('%d', cut_until), 'burst_start', string.format('%d', burst_start),
+    'burst', string.format('%d', burst), 'margin', string.format('%.17g', margin),
+    'bad', string.format('%.17g', bad),
+    'before_m', before_m and string.format('%.17g', before_m) or '',
+    'before_b', string.format('%.17g', before_b), 'calm', string.format('%.17g', calm),
+    'epoch', string.format('%d', epoch), 'settles', string.format('%d', settles))
+end
 
 -- AIMD on the shared rate (as _window.AimdRate): a bunch of throttles cuts, successes add.
 if not adaptive then
@@ -172,13 +262,14 @@ end
 slot = math.ceil(slot)
 if horizon and slot - now > horizon then
   -- Too far ahead for this lane: reserve nothing, keep the feedback, say when to ask again.
-  redis.call('HSET', state, 'config', config, 'rate', string.format('%.17g', rate),
-    'tat', string.format('%.17g', tat), 'last', string.format('%d', last),
-    'cut_until', string.format('%d', cut_until), 'burst_start', string.format('%d', burst_start),
-    'burst', string.format('%d', burst))
+  save(last)
   redis.call('PEXPIRE', state, math.ceil((math.max(tat, slot) - now) / 1000) + 10000)
   return {string.format('%d', slot - now), string.format('%d', slot), string.format('%.17g', rate),
-    '0', tostring(restarted)}
+    '0', tostring(restarted), tostring(epoch), '-1', string.format('%d', margin)}
+end
+local headroom = -1
+if n >= limit then
+  headroom = slot - tonumber(redis.call('LINDEX', log, -limit)) - 1000000
 end
 tat = math.max(tat, slot) + interval
 
@@ -188,18 +279,16 @@ if ARGV[15] ~= '' and slot >= tonumber(ARGV[15]) then
   extra = 0
 end
 redis.call('RPUSH', log, string.format('%d', slot + extra))
-if n + 1 > limit then
-  redis.call('LTRIM', log, -limit, -1)
+if n + 1 > 2 * limit then  -- two windows: the share is measured on the one before the last
+  redis.call('LTRIM', log, -2 * limit, -1)
 end
-redis.call('HSET', state, 'config', config, 'rate', string.format('%.17g', rate),
-  'tat', string.format('%.17g', tat), 'last', string.format('%d', slot),
-  'cut_until', string.format('%d', cut_until), 'burst_start', string.format('%d', burst_start),
-  'burst', string.format('%d', burst))
+save(slot)
 local ttl = math.ceil((math.max(tat, cut_until, slot + extra) - now) / 1000 + 2 * window / 1000)
 redis.call('PEXPIRE', log, ttl + 1000)
 redis.call('PEXPIRE', state, ttl + 1000)
 return {string.format('%d', slot - now), string.format('%d', slot), string.format('%.17g', rate),
-  '1', tostring(restarted)}
+  '1', tostring(restarted), tostring(epoch), string.format('%d', headroom),
+  string.format('%d', margin)}
 """
 
 
@@ -220,7 +309,15 @@ class _RedisScope:
         self.last_slot_local = -math.inf  # local time of this worker's last reserved slot
         self.rate = float(qps)
         self.successes = 0
-        self.throttles = 0
+        self.throttles = 0  # without a grant: the bunch rule
+        # As of the last reply: the shared epoch and margin (seconds).
+        self.epoch = 0
+        self.margin = 0.0
+        self.trips = RoundTrips()
+        self.outcomes: deque[tuple[float, bool]] = deque(maxlen=1024)  # (slot, accepted)
+        # This worker's verdicts, sent with its next reservation.
+        self.widen_vote: int | None = None
+        self.cut_vote: tuple[int, float] | None = None
 
 
 class RedisWindowLimiter(QuotaLimiter):
@@ -258,6 +355,7 @@ class RedisWindowLimiter(QuotaLimiter):
         margin: float = DEFAULT_MARGIN,
         warmup: float = DEFAULT_WARMUP,
         adaptive: AimdPolicy | None = DEFAULT_AIMD,
+        learn: MarginPolicy | None = DEFAULT_MARGIN_POLICY,
         account: str | None = None,
         action_qps: Mapping[str, float] | None = None,
         bulk_horizon: float | None = 0.05,
@@ -277,6 +375,7 @@ class RedisWindowLimiter(QuotaLimiter):
         self.margin = margin
         self.warmup = warmup
         self.adaptive = adaptive
+        self.learn = None if learn is None else attrs.evolve(learn, base=min(margin, learn.base))
         self.account = account
         self.action_qps = dict(action_qps or {})
         self.horizons: dict[Priority, float | None] = {
@@ -346,15 +445,59 @@ class RedisWindowLimiter(QuotaLimiter):
         now = self._local_now()
         scope.last_slot_local = self._server_clock.to_local(reservation.slot, now)
         await self._sleep_until(reservation.slot)
-        return Grant(action, region, reservation.slot, 0, math.inf, lane)
+        return Grant(action, region, reservation.slot, scope.epoch, reservation.headroom, lane)
+
+    @property
+    def current_margin(self) -> float:
+        """RegisterCustomFace's shared window margin in seconds, as of the last acquire."""
+        return self._default.margin
 
     def on_success(self, grant: Grant | None = None) -> None:
         """Feedback, sent with the next acquire: a call answered without throttling."""
-        self._feedback_scope(grant).successes += 1
+        scope = self._feedback_scope(grant)
+        scope.successes += 1
+        if grant is not None:
+            self._observe(scope, grant, accepted=True)
 
     def on_throttled(self, grant: Grant | None = None) -> None:
-        """Feedback, sent with the next acquire: the service throttled a call."""
-        self._feedback_scope(grant).throttles += 1
+        """Feedback, sent with the next acquire: the service throttled a call.
+
+        The same rules as :meth:`WindowLimiter.on_throttled`: this worker classifies the
+        throttle (our own bunching, or someone else's calls) and sends its verdict for the
+        grant's epoch; the script applies the first verdict of each epoch to the shared
+        margin or rate, and ignores the rest. Without a grant: the bunch rule.
+        """
+        scope = self._feedback_scope(grant)
+        if grant is None:
+            scope.throttles += 1
+            return
+        self._observe(scope, grant, accepted=False)
+        if grant.epoch != scope.epoch:
+            return  # granted before the last adaptation: stale
+        maximum = self.learn.maximum if self.learn is not None else 0.0
+        margin = scope.margin if self.learn is not None else math.inf
+        verdict = classify(grant.headroom, margin, scope.trips.spread(), maximum)
+        if verdict == JITTER and self.learn is not None:
+            scope.widen_vote = grant.epoch
+        else:
+            scope.cut_vote = (grant.epoch, grant.at)
+
+    def _observe(self, scope: _RedisScope, grant: Grant, *, accepted: bool) -> None:
+        now = self._local_now()
+        scope.trips.add(max(0.0, now - self._server_clock.to_local(grant.at, now)))
+        scope.outcomes.append((grant.at, accepted))
+
+    def _accepted_share(self, scope: _RedisScope) -> float | None:
+        """The part of this worker's calls of the last measured window that were accepted,
+        just under it (``SHARE_SAFETY``): the script scales the shared grants by it."""
+        if scope.cut_vote is None:
+            return None
+        stop = scope.cut_vote[1] - scope.trips.high()
+        start = stop - (1.0 + scope.margin)
+        seen = [ok for at, ok in scope.outcomes if start < at <= stop]
+        if not seen:
+            return None
+        return SHARE_SAFETY * sum(seen) / len(seen)
 
     async def reset(self) -> None:
         """Forget the shared schedules and rates this worker used (all workers start afresh)."""
@@ -403,6 +546,7 @@ class RedisWindowLimiter(QuotaLimiter):
     async def _reserve_in(self, scope: _RedisScope, horizon: float | None) -> _Reservation:
         """Run the script once (waiting out a Redis outage): a slot, reserved or in sight."""
         successes, throttles = scope.successes, scope.throttles
+        votes = scope.widen_vote, scope.cut_vote
         scope.successes = scope.throttles = 0
         try:
             if not scope.cold_until_us:
@@ -419,6 +563,7 @@ class RedisWindowLimiter(QuotaLimiter):
             # acquire.
             scope.successes += successes
             scope.throttles += throttles
+            scope.widen_vote, scope.cut_vote = votes
             raise
 
     async def _outage_proof(
@@ -479,9 +624,14 @@ class RedisWindowLimiter(QuotaLimiter):
             "" if horizon is None else str(round(horizon * 1_000_000)),
             str(restart_gap),
         ]
+        args += self._learn_args(scope)
+        scope.widen_vote = scope.cut_vote = None
         sent = self._local_now()
         reply = await self._script(keys=scope.keys, args=args)
         received = self._local_now()
+        scope.epoch = int(_text(reply[5]))
+        headroom_us = int(_text(reply[6]))
+        scope.margin = int(_text(reply[7])) / 1_000_000
         wait_us, slot_us = (int(_text(part)) for part in reply[:2])
         scope.rate = float(_text(reply[2]))
         reserved = _text(reply[3]) == "1"
@@ -493,7 +643,29 @@ class RedisWindowLimiter(QuotaLimiter):
         if reserved and not scope.cold_until_us:
             scope.cold_until_us = str(slot_us + self._window_us)
         self._server_clock.sample((slot_us - wait_us) / 1_000_000, sent, received)
-        return _Reservation(wait_us / 1_000_000, slot_us / 1_000_000, reserved)
+        headroom = math.inf if headroom_us < 0 else headroom_us / 1_000_000
+        return _Reservation(wait_us / 1_000_000, slot_us / 1_000_000, reserved, headroom)
+
+    def _learn_args(self, scope: _RedisScope) -> list[str]:
+        policy = self.learn or DEFAULT_MARGIN_POLICY
+        spread = scope.trips.spread()
+        bound = min(spread, policy.maximum)
+        cut = scope.cut_vote
+        return [
+            "1" if self.learn is not None else "0",
+            str(round(policy.maximum * 1_000_000)),
+            repr(policy.widen),
+            str(round(policy.step * 1_000_000)),
+            repr(policy.headroom),
+            repr(policy.settle),
+            repr(policy.memory),
+            "" if scope.widen_vote is None else str(scope.widen_vote),
+            "" if cut is None else str(cut[0]),
+            "" if cut is None else str(round(cut[1] * 1_000_000)),
+            "" if (share := self._accepted_share(scope)) is None else repr(share),
+            str(round(scope.trips.high() * 1_000_000)),
+            str(round(bound * 1_000_000)),
+        ]
 
     @staticmethod
     def _static_args(
@@ -521,6 +693,7 @@ class _Reservation:
     wait: float
     slot: float
     reserved: bool = True
+    headroom: float = math.inf
 
 
 def _text(value: bytes | str) -> str:

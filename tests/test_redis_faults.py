@@ -10,6 +10,8 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import math
+import random
 import shutil
 import socket
 import subprocess
@@ -17,10 +19,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from itertools import count, pairwise
 
+import attrs
 import pytest
 from redis.asyncio import Redis
 
-from mts_faces import RateLimiterError, RedisWindowLimiter
+from mts_faces import Grant, RateLimiterError, RedisWindowLimiter
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server binary on PATH")
@@ -213,3 +216,67 @@ async def test_a_redis_that_stays_down_fails_clearly_and_then_at_once(
         assert second.value is first.value  # one error, not a new 30-second wait per caller
     finally:
         await limiter.aclose()
+
+
+# --- the learned margin and the share, shared ----------------------------------------------
+
+
+async def test_verdicts_adapt_the_shared_margin_and_rate_once_per_epoch(redis: Redis) -> None:
+    fake = SteppingTime()
+    key = new_key()
+    one, two = (
+        RedisWindowLimiter(
+            Redis(connection_pool=redis.connection_pool),
+            key=key,
+            qps=100,
+            warmup=0.0,
+            clock=fake.clock,
+            sleep=fake.sleep,
+        )
+        for _ in range(2)
+    )
+    grants = []
+    pending: list[tuple[int, Grant]] = []
+    rng = random.Random(5)
+    for i in range(300):  # three seconds at the full rate: saturated, a full log
+        grant = await (one, two)[i % 2].acquire(priority="bulk")
+        grants.append(grant)
+        pending.append((i % 2, grant))
+        # Answers come back after 0-100 ms, so the round trips vary as on a network.
+        while pending and (i == 299 or rng.random() < 0.1):
+            worker, answered = pending.pop(rng.randrange(len(pending)))
+            (one, two)[worker].on_success(answered)
+    saturated = grants[-1]
+    assert saturated.headroom == pytest.approx(0.005, abs=0.001)
+    await two.acquire(priority="bulk")  # sends its feedback so far
+    # A throttle right at saturation: our own bunching, the shared margin widens ...
+    one.on_throttled(saturated)
+    await one.acquire(priority="bulk")
+    widened = one.current_margin  # x 1.5, at least 10 ms more, at most the round trips' spread
+    assert 0.005 < widened <= 0.015
+    await two.acquire(priority="bulk")
+    assert two.current_margin == pytest.approx(widened, abs=1e-6)  # ... for every worker
+    # A second throttle of a call granted before that widening is stale: nothing changes.
+    two.on_throttled(grants[-2])
+    await two.acquire(priority="bulk")
+    assert two.current_margin == pytest.approx(widened, abs=1e-6)
+    # Calm calls settle it back toward the narrowest width that was throttled.
+    for _ in range(600):
+        grant = await one.acquire(priority="bulk")
+        one.on_success(grant)
+    assert 0.005 <= one.current_margin < 0.0075
+    # Competition: a throttle of a call sent with a second of headroom (far below the quota)
+    # cuts the shared rate to what our calls got: here 2 of 3 of the last window's accepted.
+    fake.now += 2.0
+    for i in range(150):
+        grant = await one.acquire(priority="bulk")
+        if i % 3 == 2:
+            one.on_throttled(attrs.evolve(grant, headroom=math.inf, epoch=grant.epoch + 99))
+        else:
+            one.on_success(grant)
+    late = await one.acquire(priority="bulk")
+    one.on_throttled(attrs.evolve(late, headroom=1.0))
+    await one.acquire(priority="bulk")
+    assert 55 <= one.current_rate <= 70
+    await two.acquire(priority="bulk")
+    assert two.current_rate == one.current_rate
