@@ -178,13 +178,18 @@ def lane_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
         return [Row(name, label, "no interactive calls measured", "", "not run")]
     p50 = waits[len(waits) // 2] * 1000
     p95 = waits[min(len(waits) - 1, len(waits) * 95 // 100)] * 1000
+    # Bulk fills every slot the interactive calls leave: the quota in use is both together.
+    everything = done + result.get("interactive_done", [])
+    last_bulk = max(done)
+    use = sustained([t for t in everything if t <= last_bulk]) / sizes.qps
     bulk_use = sustained(done) / sizes.qps
     measured = (
-        f"interactive wait p50 {p50:.1f} ms, p95 {p95:.1f} ms ({len(waits)} calls); "
-        f"bulk use {bulk_use:.3f} of qps; {stats['throttled']} throttled"
+        f"interactive wait p50 {p50:.1f} ms, p95 {p95:.1f} ms ({len(waits)} calls, "
+        f"from the call to its rate slot); quota use {use:.3f} (bulk {bulk_use:.3f}, "
+        f"interactive the rest); {stats['throttled']} throttled"
     )
-    ok = p95 <= 25 and bulk_use >= 0.97
-    target = "interactive p95 ≤ 25 ms, bulk ≥ 0.97 of qps"
+    ok = p95 <= 25 and use >= 0.97
+    target = "interactive p95 ≤ 25 ms, quota use (bulk + interactive) ≥ 0.97"
     return [Row(name, label, measured, target, "pass" if ok else "MISS")]
 
 

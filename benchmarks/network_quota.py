@@ -58,6 +58,7 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
     # The card's limiter in our client: any object with acquire() is accepted.
     given: Any = AsyncLimiter(args.qps, 1) if args.scenario == "aiolimiter" else limiter
     done: list[float] = []
+    interactive_done: list[float] = []
     statuses: Counter[str] = Counter()
     async with MtsFaceClient(
         endpoint=args.url,
@@ -77,8 +78,7 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
                 statuses[type(exc).__name__] += 1
                 return
             statuses["registered" if priority == "bulk" else "interactive"] += 1
-            if priority == "bulk":
-                done.append(time.perf_counter() - start)
+            (done if priority == "bulk" else interactive_done).append(time.perf_counter() - start)
 
         bulk = asyncio.gather(*(one(row, "bulk") for row in faces(args.calls)))
         interactive = []
@@ -93,6 +93,7 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
         attempts = client.attempts
     return {
         "done": done,
+        "interactive_done": interactive_done,
         "statuses": dict(statuses),
         "attempts": attempts,
         "waits": limiter.waits,
