@@ -6,6 +6,10 @@ warm-up (imports, the first connections) that is not counted. CPU is user + syst
 ``getrusage``, so the kernel's work for our sockets and TLS counts too.
 
     python -m benchmarks.client_cost --client ours --url URL --calls 3000 --concurrency 8
+    python -m benchmarks.client_cost --client ours --backend aiohttp --url URL
+
+``--backend`` picks our client's HTTP backend: ``httpx`` (the library default, what respx
+intercepts) or ``aiohttp`` (the fast path, ``http_backend="aiohttp"``).
 
 The key pair comes from ALIBABA_CLOUD_ACCESS_KEY_ID / _SECRET; prints one JSON line.
 """
@@ -32,7 +36,7 @@ UNLIMITED_QPS = 1_000_000.0
 
 
 def _ours(
-    url: str, key_id: str, secret: str, ca_file: str | None, concurrency: int
+    url: str, key_id: str, secret: str, ca_file: str | None, concurrency: int, backend: str
 ) -> MtsFaceClient:
     return MtsFaceClient(
         endpoint=url,
@@ -41,16 +45,23 @@ def _ours(
         qps=UNLIMITED_QPS,
         max_connections=concurrency,
         verify=ca_file or True,
+        http_backend="aiohttp" if backend == "aiohttp" else "httpx",
     )
 
 
 async def measure(
-    client: str, url: str, calls: int, concurrency: int, ca_file: str | None, warmup: int
+    client: str,
+    url: str,
+    calls: int,
+    concurrency: int,
+    ca_file: str | None,
+    warmup: int,
+    backend: str = "httpx",
 ) -> dict[str, Any]:
     """Run ``warmup`` then ``calls`` registrations; CPU and wall time of the second part."""
     key_id = os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"]
     secret = os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
-    ours = _ours(url, key_id, secret, ca_file, concurrency) if client == "ours" else None
+    ours = _ours(url, key_id, secret, ca_file, concurrency, backend) if client == "ours" else None
     if ours is not None:
         register: Register = ours.register_custom_face
     else:
@@ -81,6 +92,7 @@ async def measure(
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     return {
         "client": client,
+        "backend": backend if client == "ours" else None,
         "tls": url.startswith("https"),
         "calls": calls,
         "concurrency": concurrency,
@@ -100,9 +112,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--ca-file", help="CA to trust for https")
+    parser.add_argument("--backend", choices=("httpx", "aiohttp"), default="httpx")
     args = parser.parse_args()
     result = asyncio.run(
-        measure(args.client, args.url, args.calls, args.concurrency, args.ca_file, args.warmup)
+        measure(
+            args.client,
+            args.url,
+            args.calls,
+            args.concurrency,
+            args.ca_file,
+            args.warmup,
+            args.backend,
+        )
     )
     print(json.dumps(result))
 

@@ -20,6 +20,8 @@ import attrs
 from ._common import QUICK, Sizes, log
 from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
+from ._rows_emulator import emulator_rows
+from ._rows_import import import_rows
 from ._rows_memory import memory_rows
 from ._rows_network import network_rows
 from ._rows_quota import quota_rows
@@ -39,6 +41,8 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "memory": memory_rows,
     "shared": shared_rows,
     "network": network_rows,
+    "import": import_rows,
+    "emulator": emulator_rows,
 }
 
 

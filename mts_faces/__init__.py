@@ -1,7 +1,9 @@
 """Asyncio client, bulk registrar and local emulator for MTS custom-face registration."""
 
+import logging
+
 from ._client import CUSTOM_FACE_REGIONS, MtsFaceClient, endpoint_for_region
-from ._credentials import Credentials
+from ._credentials import AlibabaCloudCredentials, Credentials, CredentialsProvider
 from ._exceptions import (
     AmbiguousOutcomeError,
     APIError,
@@ -9,10 +11,13 @@ from ._exceptions import (
     ConfigurationError,
     CredentialsError,
     InvalidParameterError,
+    MissingExtraError,
     MtsFacesError,
     NotFoundError,
     RateLimiterError,
+    RequestTimeoutError,
     ResponseFormatError,
+    ResponseTooLargeError,
     ServerError,
     ThrottlingError,
     TransportError,
@@ -34,6 +39,9 @@ from ._window import AimdPolicy, MarginPolicy
 
 __version__ = "0.1.0"
 
+# A library logs, the application decides where to: nothing reaches stderr unless configured.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 __all__ = [
     "CUSTOM_FACE_REGIONS",
     "MAX_FACES_PER_PERSON",
@@ -41,18 +49,21 @@ __all__ = [
     "APIError",
     "Acknowledgement",
     "AimdPolicy",
+    "AlibabaCloudCredentials",
     "AmbiguousOutcomeError",
     "AuthenticationError",
     "Category",
     "ConfigurationError",
     "Credentials",
     "CredentialsError",
+    "CredentialsProvider",
     "CustomPersons",
     "Face",
     "Grant",
     "InvalidParameterError",
     "Limiter",
     "MarginPolicy",
+    "MissingExtraError",
     "MtsFaceClient",
     "MtsFacesError",
     "NotFoundError",
@@ -62,7 +73,9 @@ __all__ = [
     "RateLimiterError",
     "RedisWindowLimiter",
     "RegisteredFace",
+    "RequestTimeoutError",
     "ResponseFormatError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "ServerError",
     "ThrottlingError",

@@ -16,10 +16,10 @@ import ssl
 import time
 import uuid
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from ._credentials import Credentials, resolve_credentials
+from ._credentials import Credentials, CredentialsProvider, resolve_credentials
 from ._exceptions import (
     AmbiguousOutcomeError,
     APIError,
@@ -31,7 +31,7 @@ from ._exceptions import (
     TransportError,
     api_error,
 )
-from ._http import HttpTransport, RawResponse
+from ._http import DEFAULT_MAX_RESPONSE_BYTES, Backend, HttpTransport, RawResponse
 from ._limiter import (
     INTERACTIVE,
     LaneSemaphore,
@@ -58,6 +58,9 @@ from ._signing import (
     v1_signature,
     v3_authorization,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("mts_faces")
 
@@ -114,6 +117,40 @@ class MtsFaceClient:
 
     Every attempt takes a slot from one rate limiter (default: the account quota of 100 calls
     per second) and runs on one pooled set of keep-alive connections.
+
+    Args:
+        access_key_id: AccessKey ID; with ``access_key_secret`` (and ``security_token`` for
+            STS). Default: ``ALIBABA_CLOUD_ACCESS_KEY_ID`` and friends from the environment.
+        access_key_secret: the AccessKey secret (never logged or shown in a repr).
+        security_token: an STS token, for temporary credentials.
+        credentials: a :class:`Credentials` instead of the three values above.
+        region_id: one of :data:`CUSTOM_FACE_REGIONS`; picks the endpoint.
+        endpoint: an explicit ``https://host[:port]`` instead of the region's.
+        vpc: use the region's ``mts-vpc.`` host (inside an Alibaba VPC).
+        allow_insecure_http: allow a plain-http ``endpoint`` off loopback.
+        signature_version: 3 (ACS3-HMAC-SHA256, default) or 1 (HMAC-SHA1).
+        qps: calls per second allowed by the default limiter (the account quota: 100).
+        limiter: a limiter of your own (shared, Redis-backed, ``aiolimiter.AsyncLimiter``, any
+            object with ``async acquire()`` or an async context manager) instead of ``qps``'s.
+        max_retries: further attempts after the first, for what is safe to retry.
+        backoff_base: first backoff ceiling in seconds, doubled per retry (full jitter).
+        backoff_max: the largest backoff ceiling in seconds.
+        timeout: total seconds one attempt may take, connecting and reading the whole answer
+            included; each operation takes ``timeout=`` to change it for one call.
+        connect_timeout: seconds to open a connection (a failure there was surely not sent).
+        max_connections: calls in flight and connections kept open, at most.
+        verify: TLS trust: True (Mozilla's CA set), False, a CA file or folder, or an
+            ``ssl.SSLContext``. Environment variables never change it.
+        http_client: an ``httpx.AsyncClient`` to send with (proxies, limits, event hooks,
+            ``MockTransport``). It stays yours: not closed by :meth:`aclose`, and its own TLS,
+            proxy and environment settings apply instead of ``verify``; redirects are still
+            never followed.
+        transport: an ``httpx.AsyncBaseTransport`` for the client built here
+            (``httpx.MockTransport``, the emulator's in-process transport); closed with it.
+        http_backend: ``"httpx"`` (default; what respx intercepts) or ``"aiohttp"``, the
+            fast path at a fraction of the CPU per call (the ``aiohttp`` extra).
+        max_response_bytes: answers larger than this are refused as they stream in
+            (:class:`ResponseTooLargeError`), never buffered whole.
     """
 
     def __init__(
@@ -122,7 +159,7 @@ class MtsFaceClient:
         access_key_id: str | None = None,
         access_key_secret: str | None = None,
         security_token: str | None = None,
-        credentials: Credentials | None = None,
+        credentials: Credentials | CredentialsProvider | None = None,
         region_id: str = DEFAULT_REGION,
         endpoint: str | None = None,
         vpc: bool = False,
@@ -137,7 +174,10 @@ class MtsFaceClient:
         connect_timeout: float = 5.0,
         max_connections: int = 64,
         verify: bool | str | ssl.SSLContext = True,
-        transport: HttpTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_backend: Backend | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if signature_version not in (1, 3):
             raise ConfigurationError(f"signature_version must be 1 or 3, got {signature_version!r}")
@@ -168,18 +208,27 @@ class MtsFaceClient:
         # spent while the call queues for the pool (that would bunch requests at the server).
         # Bulk calls leave a few to interactive ones (see LaneSemaphore).
         self._slots = LaneSemaphore(max_connections)
-        self._transport = transport or HttpTransport(
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            max_connections=max_connections,
-            verify=verify,
-        )
+        self._transport: HttpTransport
+        if transport is not None and not hasattr(transport, "handle_async_request"):
+            # An object with HttpTransport's post/aclose (tests, benchmarks): used as is.
+            self._transport = transport  # type: ignore[assignment]
+        else:
+            self._transport = HttpTransport(
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                max_connections=max_connections,
+                verify=verify,
+                http_client=http_client,
+                transport=transport,
+                backend=http_backend,
+                max_response_bytes=max_response_bytes,
+            )
         self._rng = random.Random()
 
     def __repr__(self) -> str:
         return (
             f"MtsFaceClient(endpoint={self.endpoint!r}, "
-            f"access_key_id={self.credentials.access_key_id!r}, "
+            f"access_key_id={getattr(self.credentials, 'access_key_id', None)!r}, "
             f"signature_version={self.signature_version})"
         )
 
@@ -209,15 +258,18 @@ class MtsFaceClient:
         image_url: str,
         person_name: str | None = None,
         *,
+        timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
     ) -> RegisteredFace:
         """Register one face image for a person; never retried blindly once sent.
 
         Raises :class:`AmbiguousOutcomeError` when the face may or may not have been stored.
+        ``timeout`` (seconds per attempt) overrides the client's for this call.
         ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: RegisteredFace = await self.call(
             REGISTER_CUSTOM_FACE,
+            timeout=timeout,
             priority=priority,
             category_id=category_id,
             person_id=person_id,
@@ -227,14 +279,22 @@ class MtsFaceClient:
         return result
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str, *, priority: Priority = INTERACTIVE
+        self,
+        category_id: str,
+        person_id: str,
+        face_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
         """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library.
 
+        ``timeout`` (seconds per attempt) overrides the client's for this call.
         ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: Acknowledgement = await self.call(
             UNREGISTER_CUSTOM_FACE,
+            timeout=timeout,
             priority=priority,
             category_id=category_id,
             person_id=person_id,
@@ -247,14 +307,20 @@ class MtsFaceClient:
         category_id: str | None = None,
         person_id: str | None = None,
         *,
+        timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
     ) -> CustomPersons:
         """List libraries, persons and faces, optionally narrowed to one library or person.
 
+        ``timeout`` (seconds per attempt) overrides the client's for this call.
         ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: CustomPersons = await self.call(
-            LIST_CUSTOM_PERSONS, priority=priority, category_id=category_id, person_id=person_id
+            LIST_CUSTOM_PERSONS,
+            timeout=timeout,
+            priority=priority,
+            category_id=category_id,
+            person_id=person_id,
         )
         return result
 
@@ -267,14 +333,17 @@ class MtsFaceClient:
         person_description: str | None = None,
         category_name: str | None = None,
         category_description: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
         """Set the names and descriptions of a person and of its library.
 
+        ``timeout`` (seconds per attempt) overrides the client's for this call.
         ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: Acknowledgement = await self.call(
             TAG_CUSTOM_PERSON,
+            timeout=timeout,
             priority=priority,
             category_id=category_id,
             person_id=person_id,
@@ -288,29 +357,44 @@ class MtsFaceClient:
     # --- the one request path --------------------------------------------------------------
 
     async def call(
-        self, operation: Operation, *, priority: Priority = INTERACTIVE, **values: str | None
+        self,
+        operation: Operation,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
+        **values: str | None,
     ) -> Any:
         """Validate, send with retries, and parse one operation; the typed methods use this.
 
+        ``timeout``: total seconds per attempt for this call (default: the client's).
         ``priority``: the limiter's lane for every attempt (``"interactive"`` or ``"bulk"``).
         """
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
         lane = check_priority(priority)
         params = operation.build_params(values)
         retry = 0
         while True:
             try:
-                body = await self._attempt(operation, params, retry + 1, lane)
+                body = await self._attempt(operation, params, retry + 1, timeout, lane)
                 return operation.parse(body)
             except MtsFacesError as exc:
                 if not self._may_retry(operation, exc) or retry >= self.retry_policy.max_retries:
                     final = self._final_error(operation, exc)
+                    # Retries are DEBUG; only the outcome the caller sees is logged above.
+                    logger.info(
+                        "%s failed after %d attempt(s): %s",
+                        operation.action,
+                        retry + 1,
+                        _short(final),
+                    )
                     if final is exc:
                         raise
                     raise final from exc
                 retry += 1
                 retry_after = exc.retry_after if isinstance(exc, ThrottlingError) else None
                 wait = self.retry_policy.delay(retry, retry_after, self._rng)
-                logger.info(
+                logger.debug(
                     "%s retry %d/%d in %.3fs after %s",
                     operation.action,
                     retry,
@@ -321,23 +405,33 @@ class MtsFaceClient:
                 await asyncio.sleep(wait)
 
     async def _attempt(
-        self, operation: Operation, params: dict[str, str], attempt: int, priority: Priority
+        self,
+        operation: Operation,
+        params: dict[str, str],
+        attempt: int,
+        timeout: float | None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> dict[str, Any]:
+        # Before the slots: a provider's first fetch must not hold a connection or rate slot.
+        creds = await self.credentials.get_credentials()
         async with self._slots.hold(priority):
             grant = await self._limiter.acquire(
                 action=operation.action,
                 region=self.region_id,
                 priority=priority,
-                account=self.credentials.access_key_id,
+                account=creds.access_key_id,
             )
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
-            url, headers = self._sign(operation.action, params)
+            url, headers = self._sign(operation.action, params, creds)
             self.attempts += 1
             started = time.perf_counter()
             try:
-                response = await self._transport.post(url, headers)
+                if timeout is None:
+                    response = await self._transport.post(url, headers)
+                else:
+                    response = await self._transport.post(url, headers, timeout=timeout)
             except TransportError as exc:
-                logger.warning(
+                logger.debug(
                     "%s attempt %d failed after %.1f ms: %s",
                     operation.action,
                     attempt,
@@ -363,8 +457,9 @@ class MtsFaceClient:
         self._limiter.feedback(grant, throttled=isinstance(error, ThrottlingError))
         raise error
 
-    def _sign(self, action: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:
-        creds = self.credentials
+    def _sign(
+        self, action: str, params: dict[str, str], creds: Credentials
+    ) -> tuple[str, dict[str, str]]:
         timestamp = utc_timestamp()
         nonce = new_nonce()
         headers = {"user-agent": USER_AGENT, "host": self._host}
@@ -425,6 +520,8 @@ class MtsFaceClient:
     @staticmethod
     def _may_retry(operation: Operation, exc: MtsFacesError) -> bool:
         if isinstance(exc, TransportError):
+            if not exc.retryable:  # a refused certificate, an answer too large
+                return False
             return not exc.request_sent or operation.idempotent
         if isinstance(exc, APIError):
             if not exc.retryable:

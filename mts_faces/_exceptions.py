@@ -23,6 +23,14 @@ class CredentialsError(ConfigurationError):
     """No usable AccessKey pair was given or found in the environment."""
 
 
+class MissingExtraError(ConfigurationError):
+    """An option needs a package of an optional extra; ``extra`` names the extra to install."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
 class ValidationError(MtsFacesError, ValueError):
     """Input refused before any network call; ``field`` names the offending parameter."""
 
@@ -37,7 +45,8 @@ class APIError(MtsFacesError):
     """The service answered with an error body.
 
     ``code``, ``message``, ``request_id``, ``http_status``, ``recommend`` and ``host_id`` are
-    taken from the answer (secrets redacted from ``message``).
+    taken from the answer (secrets redacted from ``message``); ``status_code`` is
+    ``http_status`` under the name httpx and openai users know.
     """
 
     def __init__(
@@ -57,6 +66,11 @@ class APIError(MtsFacesError):
         self.request_id = request_id
         self.recommend = recommend
         self.host_id = host_id
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status of the answer (the same as ``http_status``)."""
+        return self.http_status
 
     @property
     def retryable(self) -> bool:
@@ -102,15 +116,34 @@ class ServerError(APIError):
 
 
 class TransportError(MtsFacesError):
-    """No answer was received. ``request_sent`` says whether the service may have acted.
+    """No usable answer was received. ``request_sent`` says whether the service may have acted.
 
-    ``request_sent=False``: the request surely never left (connect failure), safe to retry.
+    ``request_sent=False``: the request surely never left (connect failure).
     ``request_sent=True``: it was sent, or may have been, and the answer was lost.
+    ``retryable=False`` marks failures another attempt cannot cure: a refused certificate,
+    an unsupported URL, an answer too large.
     """
 
-    def __init__(self, message: str, *, request_sent: bool) -> None:
+    def __init__(self, message: str, *, request_sent: bool, retryable: bool = True) -> None:
         super().__init__(message)
         self.request_sent = request_sent
+        self._retryable = retryable
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt may succeed (whether it is *safe* is ``request_sent``'s)."""
+        return self._retryable
+
+
+class RequestTimeoutError(TransportError):
+    """The attempt's total deadline (``timeout``) passed before the whole answer came."""
+
+
+class ResponseTooLargeError(TransportError):
+    """The answer is larger than ``max_response_bytes``; it was refused, not buffered."""
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message, request_sent=request_sent, retryable=False)
 
 
 class AmbiguousOutcomeError(MtsFacesError):

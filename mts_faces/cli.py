@@ -19,9 +19,21 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from . import __version__
+from ._cli_support import (
+    add_logging_options,
+    at_least_one,
+    command_logging,
+    fetch_credentials_now,
+    level_from_args,
+    missing_extra,
+    non_negative,
+    positive_int,
+)
 from ._client import DEFAULT_QPS, DEFAULT_REGION, MtsFaceClient
 from ._credentials import Credentials
 from ._exceptions import MtsFacesError
+from ._http import fast_backend
 from ._progress import ProgressBar
 from .manifest import BadRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
@@ -41,7 +53,7 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--endpoint", help="explicit endpoint URL (e.g. the emulator's)")
     group.add_argument("--region", default=DEFAULT_REGION, help="region (default %(default)s)")
     group.add_argument("--vpc", action="store_true", help="use the VPC endpoint of the region")
-    group.add_argument("--qps", type=float, default=DEFAULT_QPS, help="calls per second cap")
+    group.add_argument("--qps", type=at_least_one, default=DEFAULT_QPS, help="calls per second cap")
     group.add_argument("--signature-version", type=int, choices=(1, 3), default=3)
     group.add_argument(
         "--allow-insecure-http",
@@ -59,11 +71,14 @@ def _client_from_args(args: argparse.Namespace, **overrides: Any) -> MtsFaceClie
         qps=args.qps,
         signature_version=args.signature_version,
         allow_insecure_http=args.allow_insecure_http,
+        http_backend=fast_backend(),
     )
     if args.ca_file:
         options["verify"] = args.ca_file
     options.update(overrides)
-    return MtsFaceClient(**options)
+    client = MtsFaceClient(**options)
+    fetch_credentials_now(client.credentials)
+    return client
 
 
 # --- register ---------------------------------------------------------------------------------
@@ -334,7 +349,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 )
                 credentials = Credentials(key.access_key_id, key.access_key_secret)
                 async with MtsFaceClient(
-                    credentials=credentials, endpoint=emulator.url, qps=args.qps
+                    credentials=credentials,
+                    endpoint=emulator.url,
+                    qps=args.qps,
+                    http_backend=fast_backend(),
                 ) as client:
                     # Opening is instant; rows are then pulled in a worker thread.
                     with open(manifest, "rb") as stream, open(os.devnull, "w") as sink:  # noqa: ASYNC230
@@ -370,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Credentials: ALIBABA_CLOUD_ACCESS_KEY_ID, ALIBABA_CLOUD_ACCESS_KEY_SECRET "
         "(and ALIBABA_CLOUD_SECURITY_TOKEN for STS).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_logging_options(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     reg = sub.add_parser("register", help="register every face of a manifest (CSV or JSONL)")
@@ -379,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--journal", help="append-only journal; rerun with it to resume")
     reg.add_argument("--output", default="-", help="JSONL of outcomes (default: stdout)")
     reg.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    reg.add_argument("--concurrency", type=int, help="calls in flight (default: from latency)")
+    reg.add_argument(
+        "--concurrency", type=positive_int, help="calls in flight (default: from latency)"
+    )
     reg.add_argument(
         "--no-check-existing",
         action="store_true",
@@ -405,13 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
     unreg.set_defaults(run=_cmd_unregister)
 
     demo = sub.add_parser("demo", help="register 1,000 faces against a local emulator")
-    demo.add_argument("--persons", type=int, default=DEMO_PERSONS, help="persons of 10 faces")
-    demo.add_argument("--qps", type=float, default=DEFAULT_QPS, help="the emulator's quota")
-    demo.add_argument("--latency", type=float, default=0.05, help="emulated service latency (s)")
+    demo.add_argument(
+        "--persons", type=positive_int, default=DEMO_PERSONS, help="persons of 10 faces"
+    )
+    demo.add_argument("--qps", type=at_least_one, default=DEFAULT_QPS, help="the emulator's quota")
+    demo.add_argument(
+        "--latency", type=non_negative, default=0.05, help="emulated service latency (s)"
+    )
     demo.add_argument("--outcomes", action="store_true", help="print each outcome as JSON")
     demo.set_defaults(run=_cmd_demo)
 
     add_emulate(sub)
+    for command in sub.choices.values():  # every subcommand, whoever added it
+        add_logging_options(command, top_level=False)
     return parser
 
 
@@ -420,7 +448,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        with command_logging(level_from_args(args)):
+            return int(args.run(args))
+    except ImportError as exc:
+        message = missing_extra(exc, args.command)
+        if message is None:
+            raise
+        sys.stderr.write(f"{message}\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except MtsFacesError as exc:

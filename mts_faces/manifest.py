@@ -175,6 +175,11 @@ def _lines(stream: Readable) -> Iterator[_Line]:
             yield number, None, f"line longer than {MAX_LINE_BYTES} bytes"
             continue
         if number == 1:
+            kind = sniff_binary(raw)
+            if kind is not None:
+                # Not text: say what it is, and read no further (its "lines" mean nothing).
+                yield number, None, f"the file is {kind}, not CSV or JSON Lines; {_SAVE_AS}"
+                return
             if raw.startswith(_UTF16_BOMS):
                 yield number, None, "the file is UTF-16 encoded; save it as UTF-8"
                 continue
@@ -400,6 +405,44 @@ def read_csv(stream: Readable, default_category: str | None = None) -> Iterator[
 
 
 # --- either format ------------------------------------------------------------------------------
+
+
+# What a file given as a manifest may really be, by its first bytes (its "magic number").
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "an XLSX workbook or another ZIP archive"),
+    (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        "an XLS workbook (old Excel format) or another OLE2 file",
+    ),
+    (b"%PDF-", "a PDF document"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"PAR1", "a Parquet file"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+)
+_SAVE_AS = "export it as CSV (UTF-8) or JSON Lines"
+
+
+def sniff_binary(head: bytes) -> str | None:
+    """What ``head`` (a file's first bytes) shows the file to be when it is not text: e.g.
+    ``"an XLSX workbook or another ZIP archive"``; None for anything that may be text.
+
+    A NUL byte without a UTF-16 byte-order mark counts as binary (UTF-16 with a mark has its
+    own message)."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            if magic == b"PK\x03\x04" and b"xl/" in head:
+                return "an XLSX workbook"
+            return kind
+    if b"\x00" in head and not head.startswith(_UTF16_BOMS):
+        return "a binary file (or UTF-16 text without a byte-order mark)"
+    return None
 
 
 def sniff_format(head: bytes) -> str:

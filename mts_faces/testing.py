@@ -1,10 +1,17 @@
 """Pytest fixtures serving the local MTS emulator: ``pytest_plugins = ["mts_faces.testing"]``.
 
-``mts_emulator`` yields a running emulator (an :class:`~mts_faces.emulator.EmulatorThread`)
-on an ephemeral 127.0.0.1 port, served by a background thread with its own event loop, so
-sync tests and tests on any event loop can use it. ``mts_client_kwargs`` are the keyword
-arguments for ``MtsFaceClient`` (endpoint, key pair, TLS trust). Override
-``mts_emulator_config`` to change the quota, faults or TLS::
+Two ways to serve it, as moto offers for boto3:
+
+- ``mts_emulator`` / ``mts_client_kwargs``: a running emulator (an
+  :class:`~mts_faces.emulator.EmulatorThread`) on an ephemeral 127.0.0.1 port, served by a
+  background thread with its own event loop, so sync tests, subprocesses and the CLI can use it.
+- ``mts_emulator_in_process`` / ``mts_client_kwargs_in_process``: no sockets; the client's
+  httpx transport hands each request to the emulator's service core on the test's own loop.
+  The fastest, for async tests of code that takes an ``MtsFaceClient``.
+
+``MtsFaceClient(**kwargs)`` with either set of kwargs talks to its emulator with the right
+endpoint, key pair, quota (``qps``) and TLS trust. Override ``mts_emulator_config`` to change
+the quota, faults or TLS::
 
     @pytest.fixture
     def mts_emulator_config():
@@ -20,7 +27,13 @@ import pytest
 
 from .emulator import Emulator, EmulatorConfig, EmulatorThread
 
-__all__ = ["mts_client_kwargs", "mts_emulator", "mts_emulator_config"]
+__all__ = [
+    "mts_client_kwargs",
+    "mts_client_kwargs_in_process",
+    "mts_emulator",
+    "mts_emulator_config",
+    "mts_emulator_in_process",
+]
 
 
 @pytest.fixture
@@ -40,3 +53,18 @@ def mts_emulator(mts_emulator_config: EmulatorConfig) -> Iterator[EmulatorThread
 def mts_client_kwargs(mts_emulator: EmulatorThread) -> dict[str, Any]:
     """``MtsFaceClient(**mts_client_kwargs)`` talks to ``mts_emulator``."""
     return mts_emulator.client_kwargs()
+
+
+@pytest.fixture
+def mts_emulator_in_process(mts_emulator_config: EmulatorConfig) -> Emulator:
+    """An emulator that is never started: reached through its in-process transport only.
+
+    Read ``stats`` and ``library()`` from the test's own thread (it is not locked).
+    """
+    return Emulator(mts_emulator_config)
+
+
+@pytest.fixture
+def mts_client_kwargs_in_process(mts_emulator_in_process: Emulator) -> dict[str, Any]:
+    """``MtsFaceClient(**mts_client_kwargs_in_process)`` reaches the emulator without sockets."""
+    return mts_emulator_in_process.client_kwargs(in_process=True)

@@ -16,3 +16,18 @@ def _clean_credentials_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "ALIBABA_CLOUD_SECURITY_TOKEN",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_official_credentials_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests never ask Alibaba Cloud's credentials chain: it would read this
+    machine's profile files and call the ECS metadata server. (The chain's own tests run it
+    in a child process, against a fake profile and a fake metadata server on loopback.)"""
+    monkeypatch.setattr("mts_faces._credentials.official_chain_available", lambda: False)
+
+
+@pytest.fixture
+def official_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let a test see the ``credentials`` extra as installed (it must fetch nothing)."""
+    pytest.importorskip("alibabacloud_credentials")
+    monkeypatch.setattr("mts_faces._credentials.official_chain_available", lambda: True)

@@ -21,6 +21,7 @@ import mts_faces._client as client_module
 from mts_faces import (
     AmbiguousOutcomeError,
     AuthenticationError,
+    ConfigurationError,
     InvalidParameterError,
     MtsFaceClient,
     NotFoundError,
@@ -561,5 +562,5 @@ async def test_tls_with_a_certificate_made_on_the_spot(tmp_path: Path) -> None:
 
 async def test_tls_without_trustme_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "trustme", None)
-    with pytest.raises(RuntimeError, match=r"mts-faces\[emulator-tls\]"):
+    with pytest.raises(ConfigurationError, match=r"pip install '\.\[emulator-tls\]'"):
         await Emulator(EmulatorConfig(tls=True)).start()

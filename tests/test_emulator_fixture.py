@@ -41,7 +41,7 @@ class TestTightQuota:
 
     def test_third_call_is_throttled(self, mts_emulator, mts_client_kwargs):
         async def go():
-            async with MtsFaceClient(**mts_client_kwargs, qps=1000, max_retries=0) as client:
+            async with MtsFaceClient(**{**mts_client_kwargs, "qps": 1000}, max_retries=0) as client:
                 return await asyncio.gather(
                     *(client.list_custom_persons() for _ in range(6)), return_exceptions=True
                 )

@@ -237,7 +237,7 @@ async def test_the_client_waits_as_the_retry_hint_says() -> None:
     # with no hint the backoff (base 0) would retry at once and be throttled again.
     async with Emulator(EmulatorConfig(qps=1)) as emu:
         async with MtsFaceClient(
-            **emu.client_kwargs(), qps=1000, max_retries=1, backoff_base=0.0
+            **emu.client_kwargs(qps=1000, max_retries=1, backoff_base=0.0)
         ) as client:
             await client.register_custom_face("lib", "p", "https://i/1.jpg")
             await client.register_custom_face("lib", "p", "https://i/2.jpg")
@@ -248,7 +248,7 @@ async def test_the_client_waits_as_the_retry_hint_says() -> None:
 async def test_without_the_hint_the_immediate_retry_is_throttled_again() -> None:
     async with Emulator(EmulatorConfig(qps=1, retry_after=False)) as emu:
         async with MtsFaceClient(
-            **emu.client_kwargs(), qps=1000, max_retries=1, backoff_base=0.0
+            **emu.client_kwargs(qps=1000, max_retries=1, backoff_base=0.0)
         ) as client:
             await client.register_custom_face("lib", "p", "https://i/1.jpg")
             with pytest.raises(ThrottlingError) as caught:

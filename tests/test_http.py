@@ -15,7 +15,14 @@ import httpx
 import pytest
 import trustme
 
-from mts_faces import ConfigurationError, MtsFaceClient, TransportError
+from mts_faces import (
+    ConfigurationError,
+    MissingExtraError,
+    MtsFaceClient,
+    RequestTimeoutError,
+    ResponseTooLargeError,
+    TransportError,
+)
 from mts_faces._http import Backend, HttpTransport, ssl_context
 from mts_faces._signing import canonical_query
 
@@ -328,6 +335,14 @@ def test_bad_verify_values_are_configuration_errors(tmp_path: Path) -> None:
 
 async def test_backend_choice() -> None:
     assert transport().backend == "aiohttp"
+    assert HttpTransport(timeout=1, connect_timeout=1, max_connections=1).backend == "httpx"
+    mock = httpx.MockTransport(lambda r: httpx.Response(200))
+    with pytest.raises(ConfigurationError, match="not both"):
+        transport("httpx", transport=mock, http_client=httpx.AsyncClient())
+    with pytest.raises(ConfigurationError, match="http_backend='aiohttp'"):
+        MtsFaceClient(
+            access_key_id="i", access_key_secret="s", transport=mock, http_backend="aiohttp"
+        )
     lent = httpx.AsyncClient()
     try:
         t = HttpTransport(timeout=1, connect_timeout=1, max_connections=1, http_client=lent)
@@ -338,7 +353,7 @@ async def test_backend_choice() -> None:
             transport("aiohttp", http_client=lent)
     finally:
         await lent.aclose()
-    with pytest.raises(ConfigurationError, match="backend"):
+    with pytest.raises(ConfigurationError, match="http_backend"):
         transport("requests")  # type: ignore[arg-type]
 
 
@@ -355,3 +370,147 @@ async def test_client_round_trip_on_default_backend(server: Server) -> None:
     [sent] = server.requests
     assert sent.header("x-acs-action") == "RegisterCustomFace"
     assert sent.header("host") == f"127.0.0.1:{server.port}"
+
+
+# --- deadline, answer size, what is not retried ----------------------------------------------
+
+
+def _drip(total: int, every: float, sent: list[int]) -> Reply:
+    """Declare ``total`` bytes, then send one every ``every`` seconds."""
+
+    async def reply(_: Received, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        try:
+            for _ in range(total):
+                await asyncio.sleep(every)
+                writer.write(b" ")
+                await writer.drain()
+                sent[0] += 1
+        except ConnectionError:
+            pass
+        return False
+
+    return reply
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_dripping_body_hits_the_total_deadline(backend: Backend, server: Server) -> None:
+    # Each byte comes well within any read timeout; only a deadline on the whole attempt ends it.
+    sent = [0]
+    server.reply = _drip(10_000, 0.02, sent)
+    t = transport(backend, timeout=0.4)
+    try:
+        with pytest.raises(RequestTimeoutError) as info:
+            await t.post(f"{server.url}/", {})
+    finally:
+        await t.aclose()
+    assert info.value.request_sent is True and info.value.retryable
+    assert 0 < sent[0] < 10_000  # bytes were arriving: a read timeout would never have fired
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_per_call_timeout_overrides_the_transport_deadline(
+    backend: Backend, server: Server
+) -> None:
+    sent = [0]
+    server.reply = _drip(10_000, 0.02, sent)
+    t = transport(backend, timeout=1000.0)
+    try:
+        # If the per-call value were ignored, wait_for would end the test with a TimeoutError.
+        with pytest.raises(RequestTimeoutError, match=r"within 0\.2 s"):
+            await asyncio.wait_for(t.post(f"{server.url}/", {}, timeout=0.2), 30)
+    finally:
+        await t.aclose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_declared_100_mb_answer_is_refused_unread(backend: Backend, server: Server) -> None:
+    hold = asyncio.Event()
+
+    async def huge(_: Received, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n{" % (100 * 2**20))
+        await writer.drain()
+        await hold.wait()  # the rest never comes: reading it would hit the deadline instead
+        return False
+
+    server.reply = huge
+    t = transport(backend, timeout=30.0, max_response_bytes=1 << 20)
+    try:
+        with pytest.raises(ResponseTooLargeError, match="declares 104857600 bytes") as info:
+            await t.post(f"{server.url}/", {})
+    finally:
+        hold.set()
+        await t.aclose()
+    assert info.value.request_sent is True and not info.value.retryable
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_endless_chunked_answer_is_cut_at_the_cap(
+    backend: Backend, server: Server
+) -> None:
+    written = [0]
+
+    async def endless(_: Received, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        try:
+            while written[0] < 200 * 2**20:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                written[0] += len(chunk)
+        except ConnectionError:
+            pass
+        return False
+
+    server.reply = endless
+    t = transport(backend, timeout=30.0, max_response_bytes=1 << 20)
+    try:
+        with pytest.raises(ResponseTooLargeError, match="max_response_bytes=1048576"):
+            await t.post(f"{server.url}/", {})
+    finally:
+        await t.aclose()
+    # The client stopped reading at the cap; the server got no further than socket buffers.
+    assert written[0] < 100 * 2**20
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_refused_certificate_is_not_retried(backend: Backend, tls_server: Server) -> None:
+    async with MtsFaceClient(
+        access_key_id="id",
+        access_key_secret=SECRET,
+        endpoint=tls_server.url,
+        http_backend=backend,
+        max_retries=3,
+        backoff_base=0.0,
+    ) as client:
+        with pytest.raises(TransportError, match="certificate") as info:
+            await client.list_custom_persons()
+    assert info.value.request_sent is False and not info.value.retryable
+    assert client.attempts == 1  # one place decides: a certificate does not get better
+
+
+def test_missing_aiohttp_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"pip install '\.\[aiohttp\]'") as info:
+        MtsFaceClient(access_key_id="i", access_key_secret="s", http_backend="aiohttp")
+    assert info.value.extra == "aiohttp"
+    MtsFaceClient(access_key_id="i", access_key_secret="s")  # the default needs no extra
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
+async def test_a_bad_per_call_timeout_is_refused_before_any_request(bad: float) -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"RequestId": "r"})
+
+    async with MtsFaceClient(
+        access_key_id="i", access_key_secret="s", transport=httpx.MockTransport(handler)
+    ) as client:
+        with pytest.raises(ConfigurationError, match="timeout must be > 0"):
+            await client.list_custom_persons(timeout=bad)
+        await client.list_custom_persons(timeout=5)
+    assert len(sent) == 1

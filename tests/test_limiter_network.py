@@ -215,7 +215,7 @@ async def test_any_limiter_paces_the_client(kind: str) -> None:
     }[kind]()
     async with Emulator(EmulatorConfig(qps=2)) as emu:
         async with MtsFaceClient(
-            **emu.client_kwargs(), limiter=limiter, max_retries=0, backoff_base=0.0
+            **emu.client_kwargs(limiter=limiter, max_retries=0, backoff_base=0.0)
         ) as client:
             for i in range(2):
                 await client.register_custom_face("lib", "p", f"https://i/{i}.jpg")

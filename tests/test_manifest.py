@@ -52,6 +52,8 @@ EXPECTED: dict[str, tuple[int, list[tuple[int, str | None, str]]]] = {
     "non_utf8_row.csv": (1, [(1, "ImageUrl", "not valid UTF-8 (byte 35")]),
     "non_utf8_header.csv": (0, [(0, None, "not valid UTF-8")]),
     "utf16.csv": (0, [(0, None, "UTF-16")]),
+    "excel_workbook.xlsx": (0, [(0, None, "the file is an XLSX workbook")]),
+    "nul_bytes.csv": (0, [(0, None, "the file is a binary file")]),
     "utf8_bom.csv": (2, []),
     "utf8_bom.jsonl": (1, []),
     "duplicate_rows.csv": (4, []),  # duplicates are the registrar's to skip
@@ -215,3 +217,35 @@ def test_build_row_accepts_the_service_spellings() -> None:
     assert row == FaceRow("c", "p", "https://x/a", None, 7)
     bad = build_row({"CategoryId": "c", "PersonId": "p", "ImageUrl": "x"}, 3, line=9)
     assert str(bad) == "row 3 (line 9), field ImageUrl: must be an http or https URL, got 'x'"
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"PK\x03\x04\x14\x00rest", "an XLSX workbook or another ZIP archive"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00\x00", "an XLS workbook (old Excel format)"),
+        (b"%PDF-1.7\n", "a PDF document"),
+        (b"\x1f\x8b\x08\x00", "a gzip-compressed file"),
+        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (b"PAR1\x15\x04", "a Parquet file"),
+        (b"c\x00a\x00t\x00", "a binary file (or UTF-16 text without a byte-order mark)"),
+    ],
+)
+def test_binary_files_are_named_for_what_they_are(head: bytes, kind: str) -> None:
+    for fmt in (None, "csv", "jsonl"):
+        [entry] = read(
+            head + b"\nlib,p1,https://img.example.com/1.jpg\n", **({"fmt": fmt} if fmt else {})
+        )
+        assert isinstance(entry, BadRow)
+        assert entry.reason.startswith(f"the file is {kind}"), entry.reason
+        assert "export it as CSV (UTF-8) or JSON Lines" in entry.reason
+
+
+@pytest.mark.parametrize(
+    "text", [b"category_id,person_id,image_url\n", b'{"a": 1}\n', b"\xef\xbb\xbfa,b\n"]
+)
+def test_text_is_not_taken_for_binary(text: bytes) -> None:
+    from mts_faces.manifest import sniff_binary
+
+    assert sniff_binary(text) is None
+    assert sniff_binary(b"\xff\xfec\x00a\x00") is None  # UTF-16 with a mark: its own message

@@ -69,6 +69,7 @@ def chain_text(error: BaseException) -> str:
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     name: str = request.param
     monkeypatch.setattr(HttpTransport, "default_backend", name)
+    monkeypatch.setattr("mts_faces.cli.fast_backend", lambda: name)  # the CLI's own pick
     return name
 
 

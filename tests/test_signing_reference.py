@@ -140,7 +140,7 @@ def test_signed_request_verifies_independently(
         signature_version=version,
         endpoint="https://mts.cn-shanghai.aliyuncs.com",
     )
-    url, headers = client._sign("RegisterCustomFace", params)
+    url, headers = client._sign("RegisterCustomFace", params, client.credentials)
     sent = query_of(url)
     if version == 1:
         signature = sent.pop("Signature")

@@ -3,7 +3,9 @@ http goes to loopback only (or with an explicit opt-in), and no redirect is foll
 
 tests/test_emulator.py (TLS emulator trusted by context or CA file, refused without) and
 tests/test_http.py (verify options per backend) cover the basics; this file adds the command,
-hostname checks, the environment, tricky endpoints and redirects.
+hostname checks, the environment, tricky endpoints and redirects, on both HTTP backends
+(httpx, the default, and aiohttp). A lent ``httpx.AsyncClient`` is the user's own
+configuration (its TLS, proxies and environment apply); only redirects stay refused for it.
 """
 
 from __future__ import annotations
@@ -253,3 +255,51 @@ async def test_redirects_are_not_followed(backend: str) -> None:
             await server.wait_closed()
     assert info.value.http_status == 307
     assert len(seen) == 1 and stolen == []  # the signed request went nowhere else
+
+
+async def test_a_lent_client_that_follows_redirects_still_does_not() -> None:
+    stolen: list[bytes] = []
+    sink = await _serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", stolen)
+    location = f"http://127.0.0.1:{sink.sockets[0].getsockname()[1]}/steal"
+    seen: list[bytes] = []
+    redirect = await _serve(
+        f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode(),
+        seen,
+    )
+    port = redirect.sockets[0].getsockname()[1]
+    lent = httpx.AsyncClient(follow_redirects=True)
+    try:
+        async with MtsFaceClient(
+            endpoint=f"http://127.0.0.1:{port}",
+            access_key_id="LTAIid",
+            access_key_secret="secret",
+            max_retries=0,
+            http_client=lent,
+        ) as c:
+            with pytest.raises(APIError) as info:
+                await c.list_custom_persons()
+    finally:
+        await lent.aclose()
+        for server in (redirect, sink):
+            server.close()
+            await server.wait_closed()
+    assert info.value.status_code == 302
+    assert len(seen) == 1 and stolen == []
+
+
+async def test_proxy_variables_are_ignored(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxied: list[bytes] = []
+    proxy = await _serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", proxied)
+    proxy_url = f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, proxy_url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")
+    try:
+        async with Emulator(EmulatorConfig(qps=None)) as emu, client(emu) as c:
+            await c.list_custom_persons()
+            assert emu.stats.accepted == 1  # straight to the endpoint
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+    assert proxied == []

@@ -4,7 +4,8 @@ It serves RegisterCustomFace, UnregisterCustomFace, ListCustomPersons and TagCus
 HTTP/1.1 on loopback, verifies version-3 and version-1 signatures independently of the
 client, enforces the per-key quota over any sliding second and the 10-faces-per-person cap,
 and injects faults on request. ``async with Emulator(config) as emulator`` in async code;
-``with Emulator.in_thread(config) as emulator`` from anywhere else.
+``with Emulator.in_thread(config) as emulator`` from anywhere else. ``GET /_emulator/stats``
+answers its counters as JSON, for a process that only has its URL.
 """
 
 from ._config import ACTIONS, AccessKey, EmulatorConfig

@@ -16,6 +16,7 @@ import signal
 import sys
 from typing import Any
 
+from .._cli_support import non_negative
 from ._config import ACTIONS, AccessKey, EmulatorConfig
 from ._emulator import Emulator
 
@@ -57,13 +58,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument(
-        "--qps", type=float, default=100.0, help="calls/s per account and action; 0: no quota"
+        "--qps",
+        type=non_negative,
+        default=100.0,
+        help="calls/s per account and action; 0: no quota",
     )
     parser.add_argument("--max-faces", type=int, default=10, help="faces per person")
     parser.add_argument("--seed", type=int, help="seed for faults, jitter and FaceIds")
     faults = parser.add_argument_group("faults (rates are 0..1 per call)")
-    faults.add_argument("--latency", type=float, default=0.0, help="seconds added to each call")
-    faults.add_argument("--jitter", type=float, default=0.0, help="plus uniform 0..JITTER s")
+    faults.add_argument(
+        "--latency", type=non_negative, default=0.0, help="seconds added to each call"
+    )
+    faults.add_argument("--jitter", type=non_negative, default=0.0, help="plus uniform 0..JITTER s")
     faults.add_argument(
         "--latency-actions", type=_actions, help="comma-separated actions (default: all)"
     )
@@ -78,7 +84,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=0.0,
         help="do the work, then hang and close without answering",
     )
-    faults.add_argument("--hang", type=float, default=600.0, help="seconds a hang lasts")
+    faults.add_argument("--hang", type=non_negative, default=600.0, help="seconds a hang lasts")
     faults.add_argument(
         "--fault-actions",
         type=_actions,

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import AccessKey, EmulatorConfig
 from ._server import HttpServer
@@ -18,7 +18,15 @@ from ._service import Service
 from ._stats import EmulatorStats
 from ._tls import TlsMaterial, client_context, server_tls
 
+if TYPE_CHECKING:
+    from ._inprocess import InProcessTransport
+
 T = TypeVar("T")
+
+IN_PROCESS_ENDPOINT = "http://localhost"
+"""The endpoint of an in-process emulator: a loopback name no request is ever sent to."""
+# The client's own limiter must never be what a test waits on when the emulator has no quota.
+_UNLIMITED_QPS = 1_000_000.0
 
 
 class Emulator:
@@ -102,17 +110,41 @@ class Emulator:
         """An SSL context trusting :attr:`ca_pem`, or None when there is none."""
         return client_context(self.ca_pem) if self.ca_pem else None
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``MtsFaceClient``: endpoint, key pair, TLS trust."""
+    def client_kwargs(self, *, in_process: bool = False, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments for ``MtsFaceClient``: endpoint, key pair, quota, TLS trust.
+
+        ``qps`` is the emulator's quota (so a client built from them is not throttled; a very
+        high rate when the emulator has none). ``in_process=True``: no sockets, the client
+        sends through :meth:`transport` (the emulator need not be started); otherwise it
+        talks to :attr:`url`, trusting the generated CA when there is one. ``overrides``
+        replace or add keyword arguments (``client_kwargs(qps=50, max_retries=0)``).
+        """
+        qps = self.config.qps
         kwargs: dict[str, Any] = {
-            "endpoint": self.url,
             "access_key_id": self.key.access_key_id,
             "access_key_secret": self.key.access_key_secret,
+            "qps": float(qps) if qps is not None else _UNLIMITED_QPS,
         }
-        context = self.client_ssl_context()
-        if context is not None:
-            kwargs["verify"] = context
-        return kwargs
+        if in_process:
+            kwargs["endpoint"] = IN_PROCESS_ENDPOINT
+            kwargs["transport"] = self.transport()
+        else:
+            kwargs["endpoint"] = self.url
+            context = self.client_ssl_context()
+            if context is not None:
+                kwargs["verify"] = context
+        return {**kwargs, **overrides}
+
+    def transport(self) -> InProcessTransport:
+        """An httpx transport that hands requests to this emulator without sockets.
+
+        For ``MtsFaceClient(transport=...)`` or ``httpx.AsyncClient(transport=...)``; use it
+        on one event loop at a time (the emulator's state is not locked). Faults, latency,
+        quota and signature checks apply as over the network.
+        """
+        from ._inprocess import InProcessTransport
+
+        return InProcessTransport(self._service)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -220,9 +252,12 @@ class EmulatorThread:
         """The generated CA's PEM, when TLS made one."""
         return self.emulator.ca_pem
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``MtsFaceClient``: endpoint, key pair, TLS trust."""
-        return self.emulator.client_kwargs()
+    def client_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments for ``MtsFaceClient``: endpoint, key pair, quota, TLS trust.
+
+        ``overrides`` replace or add keyword arguments, as in :meth:`Emulator.client_kwargs`.
+        """
+        return self.emulator.client_kwargs(**overrides)
 
     @property
     def stats(self) -> EmulatorStats:

@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from .._exceptions import ConfigurationError
+from .._extras import install_hint
 from ._config import EmulatorConfig
 
 
@@ -22,9 +24,9 @@ def _trustme() -> Any:
     try:
         import trustme
     except ImportError:
-        raise RuntimeError(
-            "TLS with a certificate made on the spot needs the trustme package: "
-            "pip install 'mts-faces[emulator-tls]' (or pass certfile and keyfile)"
+        raise ConfigurationError(
+            "TLS with a certificate made on the spot needs the optional package 'trustme': "
+            f"{install_hint('emulator-tls')}; or pass certfile and keyfile"
         ) from None
     return trustme
 
@@ -33,7 +35,12 @@ def server_tls(config: EmulatorConfig) -> TlsMaterial:
     """Build the server context from ``config.certfile`` or from a fresh trustme CA."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     if config.certfile:
-        context.load_cert_chain(config.certfile, config.keyfile)
+        try:
+            context.load_cert_chain(config.certfile, config.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            files = config.certfile + (f" and {config.keyfile}" if config.keyfile else "")
+            reason = exc.strerror or str(exc)
+            raise ConfigurationError(f"cannot load the certificate {files}: {reason}") from None
         return TlsMaterial(context)
     ca = _trustme().CA(organization_name="mts-faces emulator")
     names = dict.fromkeys(("127.0.0.1", "localhost", "::1", config.host))
