@@ -127,6 +127,8 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "failures": failures,
         "grants": limiter.grants,
         "throttled_at": limiter.throttled,
+        "final_rate": getattr(inner, "current_rate", None),
+        "final_margin": getattr(inner, "current_margin", None),
     }
 
 
@@ -227,6 +229,8 @@ def run_phase(
         "attempts": sum(r["attempts"] for r in reports),
         "failures": _merge(r["failures"] for r in reports),
         "throttled_at_s": sorted(round(t - start, 3) for r in reports for t in r["throttled_at"]),
+        "final_rates": [r.get("final_rate") for r in reports],
+        "final_margins": [r.get("final_margin") for r in reports],
         **grant_to_arrival(grants, arrivals, int(args.qps)),
     }
     return result
