@@ -14,7 +14,7 @@ import pytest
 from aiolimiter import AsyncLimiter
 
 from mts_faces import ConfigurationError, MarginPolicy, MtsFaceClient, WindowLimiter
-from mts_faces._limiter import BULK, INTERACTIVE, LimiterAdapter
+from mts_faces._limiter import BULK, INTERACTIVE, LaneSemaphore, LimiterAdapter
 from mts_faces._window import (
     COMPETITION,
     JITTER,
@@ -246,3 +246,44 @@ async def test_an_unknown_priority_is_refused_before_any_call() -> None:
         with pytest.raises(ConfigurationError, match="priority"):
             await client.list_custom_persons(priority="urgent")  # type: ignore[arg-type]
     assert limiter.acquired == 0
+
+
+# --- the client's connection slots, by lane --------------------------------------------------
+
+
+async def test_bulk_leaves_the_reserve_and_a_freed_slot_goes_to_interactive_first() -> None:
+    slots = LaneSemaphore(4, reserve=1)
+    assert LaneSemaphore(64).reserve == 4 and LaneSemaphore(1).reserve == 0
+    for _ in range(3):
+        await slots.acquire(BULK)
+    bulk_waiting = asyncio.ensure_future(slots.acquire(BULK))
+    await asyncio.sleep(0)
+    assert not bulk_waiting.done()  # the last slot is the interactive reserve
+    await slots.acquire(INTERACTIVE)  # ... which an interactive call takes at once
+    interactive_waiting = asyncio.ensure_future(slots.acquire(INTERACTIVE))
+    await asyncio.sleep(0)
+    slots.release()  # one slot frees: the interactive waiter, queued later, gets it
+    await asyncio.sleep(0)
+    assert interactive_waiting.done() and not bulk_waiting.done()
+    slots.release()
+    slots.release()  # back under the bulk limit: now bulk
+    await asyncio.sleep(0)
+    assert bulk_waiting.done()
+
+
+async def test_a_lane_waiter_cancelled_after_its_grant_gives_the_slot_back() -> None:
+    slots = LaneSemaphore(1, reserve=0)
+    await slots.acquire(BULK)
+    first = asyncio.ensure_future(slots.acquire(BULK))
+    second = asyncio.ensure_future(slots.acquire(BULK))
+    await asyncio.sleep(0)
+    slots.release()  # granted to the first ...
+    first.cancel()  # ... which is cancelled before it resumes
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert second.done()  # the slot went on, not lost
+    slots.release()
+    async with slots.hold(INTERACTIVE):  # and hold() releases what it takes
+        pass
+    async with asyncio.timeout(1):  # (a guard: a lost slot would hang here)
+        await slots.acquire(BULK)
