@@ -1,4 +1,14 @@
-"""The arithmetic of rate limiting, with no I/O: the exact window schedule and the AIMD rate.
+"""The arithmetic of rate limiting, with no I/O: the exact window schedule, the rate, and
+how both learn from throttling.
+
+* ``WindowSchedule``: at most ``limit`` starts in any window, evenly paced (proof below).
+* ``LearnedMargin``: the window is ``1 s + margin``; calls granted that far apart arrive at
+  least ``1 s + margin - spread`` apart, so the margin is widened when a throttle may be our
+  own bunching and settles back when calm (``MarginPolicy`` says by how much, and why).
+* ``classify``: whether a throttle can be our own bunching at all, from how full our last
+  second was (``WindowSchedule.headroom``) and how much trips vary (``RoundTrips``).
+* ``AimdRate``: the rate, cut only for competition, straight to the share our calls got
+  (``cut_to``), regained additively.
 
 Both limiters (in-process and Redis-backed) follow these rules; the Redis one runs the same
 rules inside a Lua script, so that every worker of an account shares one schedule.
