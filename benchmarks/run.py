@@ -1,6 +1,6 @@
 """Every benchmark against the emulator on loopback: one table, also written to RESULTS.md.
 
-    python -m benchmarks            # the full run (about 5 minutes on 2 cores)
+    python -m benchmarks            # the full run (about 13 minutes on 2 cores; the network rows about 7)
     python -m benchmarks --quick    # smaller sizes, a smoke test; RESULTS.md is left alone
     python -m benchmarks --only cost --only memory
 
