@@ -1,4 +1,4 @@
-"""Rows 6-8: quota use over a jittery network, beside a rival program, and in lanes.
+"""Rows 7-9: quota use over a jittery network, beside a rival program, and in lanes.
 
 Each run: a fresh emulator process (strict sliding window of 100/s, 50 ± 20 ms service time)
 with one-way network jitter before its quota gate, and a client child process
@@ -78,7 +78,7 @@ def jitter_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
         if jitter_ms == 0:
             runs.append(("aiolimiter", "mts_faces client, limiter=AsyncLimiter(qps, 1)"))
         for scenario, label in runs:
-            name = f"6. network jitter 0–{jitter_ms} ms"
+            name = f"7. network jitter 0–{jitter_ms} ms"
             log(f"network: {label} at 0-{jitter_ms} ms one-way jitter ...")
             try:
                 result, stats = _run(sizes, scenario, extra, raw, f"{scenario} {jitter_ms} ms")
@@ -112,7 +112,7 @@ def jitter_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
 
 def rival_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     """A rival at 30 calls/s on the same account for part of the run."""
-    name = "7. rival program"
+    name = "8. rival program"
     label = (
         f"mts_faces client; rival {RIVAL_QPS:g}/s from {RIVAL_START:g} s for {RIVAL_DURATION:g} s"
     )
@@ -165,7 +165,7 @@ def rival_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
 
 def lane_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     """Interactive calls during a saturating bulk run."""
-    name = "8. priority lanes"
+    name = "9. priority lanes"
     label = "interactive call every 0.2 s during a bulk run"
     log(f"network: {label} ...")
     try:

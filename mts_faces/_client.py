@@ -202,6 +202,8 @@ class MtsFaceClient:
         self._limiter = LimiterAdapter(self.limiter)
         self.qps = qps
         self.max_connections = max_connections
+        self.timeout = timeout
+        """The read timeout of a request, in seconds."""
         self.attempts = 0
         """Attempts sent so far (every retry counts): what the account quota is charged."""
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
@@ -258,17 +260,21 @@ class MtsFaceClient:
         image_url: str,
         person_name: str | None = None,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
     ) -> RegisteredFace:
         """Register one face image for a person; never retried blindly once sent.
 
         Raises :class:`AmbiguousOutcomeError` when the face may or may not have been stored.
-        ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``max_retries`` (every operation has it) overrides the client's retry count for this
+        call; ``0`` leaves retrying to the caller. ``timeout`` (seconds per attempt) overrides
+        the client's for this call.
         ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: RegisteredFace = await self.call(
             REGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
             timeout=timeout,
             priority=priority,
             category_id=category_id,
@@ -284,6 +290,7 @@ class MtsFaceClient:
         person_id: str,
         face_id: str,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
@@ -294,6 +301,7 @@ class MtsFaceClient:
         """
         result: Acknowledgement = await self.call(
             UNREGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
             timeout=timeout,
             priority=priority,
             category_id=category_id,
@@ -307,6 +315,7 @@ class MtsFaceClient:
         category_id: str | None = None,
         person_id: str | None = None,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
     ) -> CustomPersons:
@@ -317,6 +326,7 @@ class MtsFaceClient:
         """
         result: CustomPersons = await self.call(
             LIST_CUSTOM_PERSONS,
+            max_retries=max_retries,
             timeout=timeout,
             priority=priority,
             category_id=category_id,
@@ -333,6 +343,7 @@ class MtsFaceClient:
         person_description: str | None = None,
         category_name: str | None = None,
         category_description: str | None = None,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
@@ -343,6 +354,7 @@ class MtsFaceClient:
         """
         result: Acknowledgement = await self.call(
             TAG_CUSTOM_PERSON,
+            max_retries=max_retries,
             timeout=timeout,
             priority=priority,
             category_id=category_id,
@@ -360,12 +372,14 @@ class MtsFaceClient:
         self,
         operation: Operation,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
         priority: Priority = INTERACTIVE,
         **values: str | None,
     ) -> Any:
         """Validate, send with retries, and parse one operation; the typed methods use this.
 
+        ``max_retries`` overrides the client's retry count for this call (``0``: one attempt);
         ``timeout``: total seconds per attempt for this call (default: the client's).
         ``priority``: the limiter's lane for every attempt (``"interactive"`` or ``"bulk"``).
         """
@@ -373,13 +387,16 @@ class MtsFaceClient:
             raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
         lane = check_priority(priority)
         params = operation.build_params(values)
+        limit = self.retry_policy.max_retries if max_retries is None else max_retries
+        if limit < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
         retry = 0
         while True:
             try:
                 body = await self._attempt(operation, params, retry + 1, timeout, lane)
                 return operation.parse(body)
             except MtsFacesError as exc:
-                if not self._may_retry(operation, exc) or retry >= self.retry_policy.max_retries:
+                if not self._may_retry(operation, exc) or retry >= limit:
                     final = self._final_error(operation, exc)
                     # Retries are DEBUG; only the outcome the caller sees is logged above.
                     logger.info(
@@ -398,7 +415,7 @@ class MtsFaceClient:
                     "%s retry %d/%d in %.3fs after %s",
                     operation.action,
                     retry,
-                    self.retry_policy.max_retries,
+                    limit,
                     wait,
                     _short(exc),
                 )

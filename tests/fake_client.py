@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from mts_faces import (
     AmbiguousOutcomeError,
@@ -26,6 +27,16 @@ class FakeClient:
     stored, answer lost), "refused" (not sent) or None, for the n-th call of that action.
     """
 
+    endpoint = "https://fake.example.com"
+    timeout = 1.0
+
+    class credentials:  # the attribute the registrar reads (AccessKeyId only)
+        access_key_id = "fake-key"
+
+        @classmethod
+        async def get_credentials(cls) -> Any:
+            return cls
+
     def __init__(self, fault: Callable[[str, int], str | None] | None = None) -> None:
         self.store: dict[tuple[str, str], list[Face]] = {}
         self.names: dict[tuple[str, str], str] = {}
@@ -44,7 +55,13 @@ class FakeClient:
         return self.fault(action, n) if self.fault else None
 
     async def register_custom_face(
-        self, category_id: str, person_id: str, image_url: str, person_name: str | None = None
+        self,
+        category_id: str,
+        person_id: str,
+        image_url: str,
+        person_name: str | None = None,
+        *,
+        max_retries: int | None = None,
     ) -> RegisteredFace:
         key = (category_id.casefold(), person_id.casefold())
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
@@ -75,9 +92,15 @@ class FakeClient:
             self._in_flight[key] -= 1
 
     async def list_custom_persons(
-        self, category_id: str | None = None, person_id: str | None = None
+        self,
+        category_id: str | None = None,
+        person_id: str | None = None,
+        *,
+        max_retries: int | None = None,
     ) -> CustomPersons:
-        self._count("ListCustomPersons")
+        fault = self._count("ListCustomPersons")
+        if fault == "list-fails":
+            raise TransportError("listing refused", request_sent=False)
         await asyncio.sleep(0)
         by_category: dict[str, list[Person]] = {}
         for (cat, person), faces in self.store.items():
@@ -94,9 +117,11 @@ class FakeClient:
         )
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str
+        self, category_id: str, person_id: str, face_id: str, *, max_retries: int | None = None
     ) -> Acknowledgement:
         self._count("UnregisterCustomFace")
+        key = (category_id.casefold(), person_id.casefold())
+        self.store[key] = [f for f in self.store.get(key, []) if f.face_id != face_id]
         return Acknowledgement("x")
 
     def all_face_ids(self) -> list[str]:

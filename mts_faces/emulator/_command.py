@@ -86,6 +86,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     faults.add_argument("--hang", type=non_negative, default=600.0, help="seconds a hang lasts")
     faults.add_argument(
+        "--late-commit-rate",
+        type=float,
+        default=0.0,
+        help="registrations committed --late-commit-delay s after arrival, then answered",
+    )
+    faults.add_argument(
+        "--late-commit-delay", type=float, default=5.0, help="seconds of a late commit"
+    )
+    faults.add_argument(
+        "--malformed-listing-rate",
+        type=float,
+        default=0.0,
+        help="listings answered without Categories, or with a face missing FaceId/ImageUrl",
+    )
+    faults.add_argument(
         "--fault-actions",
         type=_actions,
         default=frozenset({"RegisterCustomFace"}),
@@ -141,6 +156,9 @@ def config_from_args(args: argparse.Namespace, key: AccessKey | None) -> Emulato
         drop_rate=args.drop_rate,
         commit_timeout_rate=args.commit_timeout_rate,
         hang=args.hang,
+        late_commit_rate=args.late_commit_rate,
+        late_commit_delay=args.late_commit_delay,
+        malformed_listing_rate=args.malformed_listing_rate,
         fault_actions=args.fault_actions,
         seed=args.seed,
         max_faces_per_person=args.max_faces,

@@ -97,6 +97,14 @@ class EmulatorConfig:
     """The call IS carried out, then the connection hangs ``hang`` seconds and closes."""
     hang: float = attrs.field(default=600.0, validator=_non_negative)
     fault_actions: frozenset[str] = frozenset({REGISTER_CUSTOM_FACE})
+    late_commit_rate: float = attrs.field(default=0.0, validator=_rate)
+    """Share of accepted RegisterCustomFace calls committed ``late_commit_delay`` seconds
+    after they arrive, then answered (a slow backend: beyond the client's timeout the answer
+    is lost and the face still appears later, even if the connection is gone)."""
+    late_commit_delay: float = attrs.field(default=5.0, validator=_non_negative)
+    malformed_listing_rate: float = attrs.field(default=0.0, validator=_rate)
+    """Share of ListCustomPersons answered 200 with a damaged body: no ``Categories``, or a
+    face without ``FaceId`` or ``ImageUrl``."""
     seed: int | None = None
     """Seeds the fault, jitter and FaceId draws, so a run can be repeated."""
     max_faces_per_person: int = 10

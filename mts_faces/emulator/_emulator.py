@@ -170,6 +170,11 @@ class Emulator:
         self._service.library.clear()
         self._service.nonces.clear()
 
+    def empty_library(self, category_id: str | None = None) -> int:
+        """Remove every face and person of library ``category_id`` (None: of every library),
+        as someone else emptying it would; returns how many faces went. Nonces stay."""
+        return self._service.library.empty(category_id)
+
     # --- in a thread ---------------------------------------------------------------------------
 
     @classmethod
@@ -275,3 +280,7 @@ class EmulatorThread:
     def clear(self) -> None:
         """Forget every library and nonce."""
         self._call(self.emulator.clear)
+
+    def empty_library(self, category_id: str | None = None) -> int:
+        """Empty one library, or all (see :meth:`Emulator.empty_library`)."""
+        return self._call(lambda: self.emulator.empty_library(category_id))

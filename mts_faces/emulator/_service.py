@@ -9,6 +9,7 @@ to finish after the delay.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import random
@@ -22,7 +23,7 @@ import attrs
 from . import _errors as errors
 from . import _stats as kinds
 from ._actions import execute, validate
-from ._config import ACTIONS, EmulatorConfig
+from ._config import ACTIONS, LIST_CUSTOM_PERSONS, REGISTER_CUSTOM_FACE, EmulatorConfig
 from ._library import Library
 from ._stats import EmulatorStats, StatsRecorder
 from ._verify import API_VERSION, NonceCache, SignedRequest, Verifier, decode_params
@@ -113,6 +114,8 @@ class Service:
         self._latency_rng = random.Random(None if seed is None else f"{seed}:latency")
         self._face_rng = random.Random(None if seed is None else f"{seed}:faces")
         self._network_rng = random.Random(None if seed is None else f"{seed}:network")
+        self._late_rng = random.Random(None if seed is None else f"{seed}:late")
+        self._malformed_rng = random.Random(None if seed is None else f"{seed}:malformed")
         self._host_id = config.host
 
     # --- statistics ----------------------------------------------------------------------------
@@ -183,6 +186,9 @@ class Service:
             return _after(outbound, self.error_reply(exc, request_id, host_id))
         if throttled is not None:
             return _after(outbound, throttled)
+        late = self._late_commit(action, params, request_id, host_id)
+        if late is not None:
+            return attrs.evolve(late, delay=late.delay + outbound)  # and the way back
         fault = self._draw_fault(action)
         delay = self._draw_latency(action) + outbound
         if fault is None and delay == 0:
@@ -279,6 +285,49 @@ class Service:
         outbound = config.network_delay + (rng.uniform(0, jitter) if jitter else 0.0)
         return inbound, outbound
 
+    def _late_commit(
+        self, action: str, params: dict[str, str], request_id: str, host_id: str
+    ) -> Deferred | None:
+        """A late commit: the work is done ``late_commit_delay`` s after arrival, then answered.
+
+        The commit has its own timer, so it happens even when the client has gone (or the
+        server drops the pending answer): a lost answer, a face that appears later.
+        """
+        config = self.config
+        if action != REGISTER_CUSTOM_FACE or not config.late_commit_rate:
+            return None
+        if self._late_rng.random() >= config.late_commit_rate:
+            return None
+        self._stats.faults[kinds.LATE_COMMIT] += 1
+        done: list[Reply] = []
+
+        def commit() -> Reply:
+            if not done:
+                done.append(self._run(action, params, request_id, host_id))
+            return done[0]
+
+        asyncio.get_running_loop().call_later(config.late_commit_delay, commit)
+        return Deferred(config.late_commit_delay, commit)
+
+    def _malformed(self, reply: Reply) -> Reply:
+        """A damaged ListCustomPersons answer, drawn at ``malformed_listing_rate``."""
+        if self._malformed_rng.random() >= self.config.malformed_listing_rate:
+            return reply
+        self._stats.faults[kinds.MALFORMED_LISTING] += 1
+        body = json.loads(reply.body)
+        kind = self._malformed_rng.randrange(3)
+        faces = [
+            face
+            for category in body["Categories"]["Category"]
+            for person in category["Persons"]["Person"]
+            for face in person["Faces"]["Face"]
+        ]
+        if kind == 0 or not faces:
+            del body["Categories"]
+        else:
+            del faces[0]["FaceId" if kind == 1 else "ImageUrl"]
+        return attrs.evolve(reply, body=_json(body))
+
     def _draw_latency(self, action: str) -> float:
         config = self.config
         if config.latency_actions is not None and action not in config.latency_actions:
@@ -308,7 +357,10 @@ class Service:
         except errors.ServiceError as exc:
             self._stats.rejected += 1
             return self.error_reply(exc, request_id, host_id)
-        return Reply(200, _json({"RequestId": request_id, **result}), request_id)
+        reply = Reply(200, _json({"RequestId": request_id, **result}), request_id)
+        if action == LIST_CUSTOM_PERSONS and self.config.malformed_listing_rate:
+            return self._malformed(reply)
+        return reply
 
     def _new_face_id(self) -> str:
         return f"{self._face_rng.getrandbits(128):032x}"
