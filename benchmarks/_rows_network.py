@@ -127,6 +127,9 @@ def rival_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
         return [Row(name, label, f"error: {exc}", "", "not run")]
     counts = per_second(result["done"])
     start, stop = int(RIVAL_START), int(RIVAL_START + RIVAL_DURATION)
+    if len(counts) < stop + 2:
+        reason = f"not run: the {sizes.calls:,}-call run ended before the rival stopped"
+        return [Row(name, label, reason, "", "not run")]
     # Seconds are counted from our first call; the rival's clock starts at our first arrival,
     # a round trip's fraction later: whole seconds inside its span are used.
     span = counts[start + 1 : stop]
