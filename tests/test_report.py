@@ -179,7 +179,11 @@ async def test_report_of_a_throttled_run_in_process(tmp_path: Path) -> None:
     kwargs = emulator.client_kwargs(in_process=True, qps=15.0, backoff_base=0.05)
     async with MtsFaceClient(**kwargs, on_attempt=recorder) as client:
         await asyncio.gather(
-            *(client.list_custom_persons() for _ in range(12)), return_exceptions=True
+            *(
+                client.register_custom_face("c", f"p{i}", f"https://x.example/{i}.jpg")
+                for i in range(12)
+            ),
+            return_exceptions=True,
         )
     throttled = sum(b.throttled for b in recorder.timeline().buckets)
     assert throttled == emulator.stats.throttled > 0

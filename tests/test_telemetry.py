@@ -399,6 +399,6 @@ async def test_limiter_rate_and_margin_reported(otel: Otel) -> None:
     metrics = otel.metrics()
     assert [p.value for p in metrics["mts_faces.client.limiter.rate"]] == [42.0]
     assert [p.value for p in metrics["mts_faces.client.limiter.margin"]] == [0.007]
-    # The default limiter reports no margin today: none is made up.
+    # The default limiter reports its own margin; the client reads it, never makes one up.
     async with client_for(emulator) as plain:
         assert plain.stats.current_margin == getattr(plain.limiter, "current_margin", None)
