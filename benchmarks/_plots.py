@@ -5,7 +5,8 @@
   its throttles are visible. Recorded by the client side (when each request was sent).
 
 * ``jitter-sweep.svg``: the network-jitter rows: successful calls per second over time at
-  each one-way jitter, ours beside the official SDK + aiolimiter, and the throttled calls.
+  each one-way jitter, ours beside the official SDK + aiolimiter (and, at 0 ms, our client
+  on an aiolimiter bucket), with each run's throttled calls.
 
 Each plot is drawn from the raw measurements (``raw``), so it matches the table's run.
 """
