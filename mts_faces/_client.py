@@ -428,7 +428,7 @@ class MtsFaceClient:
         limit = self.retry_policy.max_retries if max_retries is None else max_retries
         if limit < 0:
             raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
-        trace = self._telemetry.begin(operation, params)
+        trace = self._telemetry.begin(operation, params, lane)
         try:
             result = await self._send(operation, params, timeout, limit, lane, trace)
         except BaseException as exc:

@@ -302,10 +302,12 @@ class Telemetry:
 
     # --- the request path's side ----------------------------------------------------------
 
-    def begin(self, operation: Operation, params: Mapping[str, str]) -> CallTrace:
-        """A trace for one operation call, started now."""
+    def begin(
+        self, operation: Operation, params: Mapping[str, str], priority: str | None = None
+    ) -> CallTrace:
+        """A trace for one operation call (in the limiter lane ``priority``), started now."""
         otel = self._otel if self._explicit else self._global_otel()
-        return CallTrace(self, operation.action, params, otel)
+        return CallTrace(self, operation.action, params, otel, priority)
 
     def _global_otel(self) -> _Otel | None:
         otel = self._otel
@@ -365,6 +367,7 @@ class CallTrace:
         action: str,
         params: Mapping[str, str],
         otel: _Otel | None,
+        priority: str | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.action = action
@@ -380,7 +383,7 @@ class CallTrace:
         self._span: Any = None
         self._token: Any = None
         if otel is not None:
-            self._span, self._token = otel.start_call(telemetry, action, params)
+            self._span, self._token = otel.start_call(telemetry, action, params, priority)
 
     def sent(self, waiting_since: float) -> None:
         """The limiter granted the slot (it was asked at ``waiting_since``, a
@@ -577,11 +580,17 @@ class _Otel:
         return cls(tracer, instruments)
 
     def start_call(
-        self, telemetry: Telemetry, action: str, params: Mapping[str, str]
+        self,
+        telemetry: Telemetry,
+        action: str,
+        params: Mapping[str, str],
+        priority: str | None,
     ) -> tuple[Any, Any]:
         if self.tracer is None:
             return None, None
         attributes = {**telemetry._base_attributes, "rpc.method": action}
+        if priority is not None:
+            attributes["mts_faces.priority"] = priority
         if telemetry.include_ids:
             for wire, name in _ID_ATTRIBUTES.items():
                 if wire in params:

@@ -99,6 +99,7 @@ async def test_success_span_metrics_and_stats(otel: Otel) -> None:
     assert attributes["rpc.service"] == "mts"
     assert attributes["rpc.method"] == "RegisterCustomFace"
     assert attributes["cloud.region"] == "cn-shanghai"
+    assert attributes["mts_faces.priority"] == "interactive"
     assert attributes["server.address"]
     assert attributes["mts_faces.outcome"] == "ok"
     assert attributes["mts_faces.attempts"] == 1
