@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -304,6 +305,19 @@ class UsageError(MtsFacesError, ValueError):
     """A command line that cannot run as given."""
 
 
+def _whole_file_checked(path: str, entries: Iterator[ManifestEntry]) -> Iterator[ManifestEntry]:
+    """``entries``, once its first one shows the file can be read at all: a file that is
+    empty, binary (an XLSX workbook, a PDF ...) or has no usable header is refused as a whole
+    (a usage error), before any client, ledger or output file is set up."""
+    first = next(entries, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, BadRow) and first.row == 0:
+        where = first.reason if first.line is None else str(first)
+        raise UsageError(f"manifest {path}: {where}")
+    return itertools.chain((first,), entries)
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     if args.journal:
         raise UsageError(
@@ -317,22 +331,24 @@ def _cmd_register(args: argparse.Namespace) -> int:
         overrides["timeout"] = args.timeout
     if args.report:
         check_report_extra()
-    client = _client_from_args(args, **overrides)
-    # The total only feeds the progress bar: without one, the manifest is read once.
-    total = None if args.no_progress else _count_rows(args.manifest, args.format)
     with contextlib.ExitStack() as files:
         stream = _open_manifest(args.manifest)
         if stream is not sys.stdin.buffer:
             files.callback(stream.close)
+        entries = _whole_file_checked(
+            args.manifest, read_manifest(stream, fmt=args.format, default_category=args.category)
+        )
+        if args.strict:
+            entries = _strict(entries)
+        client = _client_from_args(args, **overrides)
+        # The total only feeds the progress bar: without one, the manifest is read once.
+        total = None if args.no_progress else _count_rows(args.manifest, args.format)
         output: TextIO = sys.stdout
         if args.output != "-":
             output = files.enter_context(open(args.output, "w", encoding="utf-8"))
         # Written when this block ends, however the run ended.
         title = f"mts-faces register {args.manifest}"
         session = files.enter_context(run_report(args.report, client, title=title))
-        entries = read_manifest(stream, fmt=args.format, default_category=args.category)
-        if args.strict:
-            entries = _strict(entries)
 
         async def main() -> RegistrationReport:
             async with client:

@@ -35,9 +35,11 @@ from ._exceptions import (
     AuthenticationError,
     MtsFacesError,
     NotFoundError,
+    RateLimiterError,
     ThrottlingError,
     TransportError,
 )
+from ._limiter import BULK, Priority
 from ._models import Acknowledgement, CustomPersons, Face, RegisteredFace
 from ._outcomes import NOT_ATTEMPTED, Repair, RowOutcome
 from .manifest import FaceRow
@@ -87,10 +89,17 @@ class RegistrarClient(Protocol):
         person_name: str | None = None,
         *,
         max_retries: int | None = None,
+        priority: Priority = ...,
     ) -> RegisteredFace: ...
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str, *, max_retries: int | None = None
+        self,
+        category_id: str,
+        person_id: str,
+        face_id: str,
+        *,
+        max_retries: int | None = None,
+        priority: Priority = ...,
     ) -> Acknowledgement: ...
 
     async def list_custom_persons(
@@ -99,6 +108,7 @@ class RegistrarClient(Protocol):
         person_id: str | None = None,
         *,
         max_retries: int | None = None,
+        priority: Priority = ...,
     ) -> CustomPersons: ...
 
 
@@ -235,8 +245,8 @@ class ServiceCalls:
     """The registrar's only door to the service: every call takes a slot of ``gate`` and is
     made with ``max_retries=0`` (retries are this module's decision).
 
-    The call options live in :meth:`_options`, one place for every operation (a priority
-    class for bulk traffic belongs there too).
+    The call options live in :meth:`_options`, one place for every operation: no client
+    retries, and the bulk priority lane.
     """
 
     def __init__(
@@ -252,7 +262,8 @@ class ServiceCalls:
 
     @staticmethod
     def _options() -> dict[str, Any]:
-        return {"max_retries": 0}
+        # Bulk lane: an async service's interactive calls on the same account go first.
+        return {"max_retries": 0, "priority": BULK}
 
     async def register(self, row: FaceRow) -> RegisteredFace:
         """One RegisterCustomFace attempt for ``row``."""
@@ -394,6 +405,11 @@ class Settler:
             attempts += 1
             try:
                 face = await self.calls.register(row)
+            except RateLimiterError as exc:
+                # The shared limiter gave up waiting for Redis: nothing was sent, and every
+                # other row would meet the same outage, so the run stops.
+                await self._record_failed(row, f"not sent: {exc}")
+                raise NotSent(exc) from exc
             except AmbiguousOutcomeError as exc:
                 logger.info("row %d: ambiguous outcome (%s); settling", row.row, exc.cause)
                 last_error = exc
@@ -453,7 +469,7 @@ class Settler:
                 )
             except NotFoundError:
                 listing = None  # no such person or library: a well-formed "nothing"
-            except AuthenticationError as exc:
+            except (AuthenticationError, RateLimiterError) as exc:
                 raise Fatal(exc) from exc
             except MtsFacesError as exc:
                 last = exc
