@@ -69,7 +69,7 @@ def telemetry_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     for variant, label in VARIANTS.items():
         runs = samples.get(variant, [])
         if not runs:
-            rows.append(Row("9. telemetry cost", label, "error: no run finished", "", "not run"))
+            rows.append(Row("10. telemetry cost", label, "error: no run finished", "", "not run"))
             continue
         cpu = [r["cpu_ms_per_call"] for r in runs]
         measured = (
@@ -84,10 +84,10 @@ def telemetry_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
             if variant == "hook":
                 target = "≤ +5% CPU/call"
                 verdict = "pass" if extra <= 0.05 else "MISS"
-        rows.append(Row("9. telemetry cost", label, measured, target, verdict))
+        rows.append(Row("10. telemetry cost", label, measured, target, verdict))
     micro = ((False, "client.stats bookkeeping alone"), (True, "... + RunRecorder hook"))
     for hook, label in micro:
         us = bookkeeping_us(hook)
         raw.append({"benchmark": "telemetry_bookkeeping", "hook": hook, "us_per_call": us})
-        rows.append(Row("9. telemetry cost", f"{label} (timeit)", f"{us:.2f} µs/call", "", "ref"))
+        rows.append(Row("10. telemetry cost", f"{label} (timeit)", f"{us:.2f} µs/call", "", "ref"))
     return rows
