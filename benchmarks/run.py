@@ -1,6 +1,6 @@
 """Every benchmark against the emulator on loopback: one table, also written to RESULTS.md.
 
-    python -m benchmarks            # the full run (about 5 minutes on 2 cores)
+    python -m benchmarks            # the full run (about 13 minutes on 2 cores)
     python -m benchmarks --quick    # smaller sizes, a smoke test; RESULTS.md is left alone
     python -m benchmarks --only cost --only memory
 
@@ -18,12 +18,16 @@ from typing import Any
 import attrs
 
 from ._common import QUICK, Sizes, log
+from ._plots import PLOTS_DIR, write_plots
 from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
 from ._rows_emulator import emulator_rows
 from ._rows_import import import_rows
+from ._rows_ledger import ledger_rows
 from ._rows_memory import memory_rows
+from ._rows_network import network_rows
 from ._rows_quota import quota_rows
+from ._rows_telemetry import telemetry_rows
 from .shared import shared_quota_row
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -39,8 +43,11 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "cost": cost_rows,
     "memory": memory_rows,
     "shared": shared_rows,
+    "network": network_rows,
     "import": import_rows,
     "emulator": emulator_rows,
+    "ledger": ledger_rows,
+    "telemetry": telemetry_rows,
 }
 
 
@@ -61,5 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     output = args.output or (None if args.quick else RESULTS)
     if output is not None:
         command = "python -m benchmarks" + "".join(f" --only {s}" for s in args.only or ())
-        output.write_text(results_markdown(rows, info, command, attrs.asdict(sizes), raw))
+        plots = write_plots(raw, output.parent / PLOTS_DIR)
+        links = [str(p.relative_to(output.parent)) for p in plots]
+        output.write_text(results_markdown(rows, info, command, attrs.asdict(sizes), raw, links))
         log(f"written to {output}")

@@ -49,7 +49,7 @@ def main() -> int:
         | ({"ListCustomPersons"} if args.fault_lists else set()),
     )
     with tempfile.TemporaryDirectory() as folder:
-        result = asyncio.run(run_soak(settings, Path(folder) / "soak.journal.jsonl", log=print))
+        result = asyncio.run(run_soak(settings, Path(folder) / "soak.ledger", log=print))
     figures = {"settings": {k: v for k, v in vars(args).items()}, **result.to_dict()}
     print(json.dumps(figures, indent=2))
     ok = (

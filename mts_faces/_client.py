@@ -15,6 +15,7 @@ import random
 import ssl
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -37,7 +38,15 @@ from ._http import (
     RawResponse,
     check_seconds,
 )
-from ._limiter import Limiter, WindowLimiter
+from ._limiter import (
+    INTERACTIVE,
+    LaneSemaphore,
+    Limiter,
+    LimiterAdapter,
+    Priority,
+    WindowLimiter,
+    check_priority,
+)
 from ._models import Acknowledgement, CustomPersons, RegisteredFace
 from ._operations import (
     API_VERSION,
@@ -55,6 +64,8 @@ from ._signing import (
     v1_signature,
     v3_authorization,
 )
+from ._telemetry import AttemptHook, CallTrace, ClientStats, Telemetry, limiter_reading
+from ._window import call_limit
 
 if TYPE_CHECKING:
     import httpx
@@ -127,7 +138,8 @@ class MtsFaceClient:
         allow_insecure_http: allow a plain-http ``endpoint`` off loopback.
         signature_version: 3 (ACS3-HMAC-SHA256, default) or 1 (HMAC-SHA1).
         qps: calls per second allowed by the default limiter (the account quota: 100).
-        limiter: a limiter of your own (shared, Redis-backed, ...) instead of ``qps``'s.
+        limiter: a limiter of your own (shared, Redis-backed, ``aiolimiter.AsyncLimiter``, any
+            object with ``async acquire()`` or an async context manager) instead of ``qps``'s.
         max_retries: further attempts after the first, for what is safe to retry.
         backoff_base: first backoff ceiling in seconds, doubled per retry (full jitter).
         backoff_max: the largest backoff ceiling in seconds.
@@ -148,6 +160,13 @@ class MtsFaceClient:
             fast path at a fraction of the CPU per call (the ``aiohttp`` extra).
         max_response_bytes: answers larger than this are refused as they stream in
             (:class:`ResponseTooLargeError`), never buffered whole.
+        on_attempt: called with an :class:`AttemptEvent` after every attempt (see
+            :meth:`add_attempt_hook`).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for this client's spans
+            (default: the global one, once the application has set it; the ``otel`` extra).
+        meter_provider: an OpenTelemetry ``MeterProvider`` for its metrics (default: global).
+        telemetry_include_ids: put person, library and face IDs, image URLs and error
+            messages in span attributes. Off by default: they can be personal data.
     """
 
     def __init__(
@@ -163,7 +182,7 @@ class MtsFaceClient:
         allow_insecure_http: bool = False,
         signature_version: Literal[1, 3] = 3,
         qps: float = DEFAULT_QPS,
-        limiter: Limiter | None = None,
+        limiter: Limiter | AbstractAsyncContextManager[Any] | None = None,
         max_retries: int = 3,
         backoff_base: float = 0.2,
         backoff_max: float = 8.0,
@@ -175,13 +194,19 @@ class MtsFaceClient:
         transport: httpx.AsyncBaseTransport | None = None,
         http_backend: Backend | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        on_attempt: AttemptHook | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        telemetry_include_ids: bool = False,
     ) -> None:
         if signature_version not in (1, 3):
             raise ConfigurationError(f"signature_version must be 1 or 3, got {signature_version!r}")
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
-        if not qps >= 1:
-            raise ConfigurationError(f"qps must be >= 1, got {qps}")
+        try:
+            call_limit(qps)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
         check_seconds("timeout", timeout)
         check_seconds("connect_timeout", connect_timeout)
         self.credentials = resolve_credentials(
@@ -196,14 +221,19 @@ class MtsFaceClient:
         self._host = urlsplit(self.endpoint).netloc
         self.signature_version = signature_version
         self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
-        self.limiter: Limiter = limiter if limiter is not None else WindowLimiter(qps)
+        self.limiter: object = limiter if limiter is not None else WindowLimiter(qps)
+        """The rate limiter as given (default: a :class:`WindowLimiter` at ``qps``)."""
+        self._limiter = LimiterAdapter(self.limiter)
         self.qps = qps
         self.max_connections = max_connections
+        self.timeout = timeout
+        """The read timeout of a request, in seconds."""
         self.attempts = 0
         """Attempts sent so far (every retry counts): what the account quota is charged."""
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
         # spent while the call queues for the pool (that would bunch requests at the server).
-        self._slots = asyncio.Semaphore(max_connections)
+        # Bulk calls leave a few to interactive ones (see LaneSemaphore).
+        self._slots = LaneSemaphore(max_connections)
         self._transport = HttpTransport(
             timeout=timeout,
             connect_timeout=connect_timeout,
@@ -216,6 +246,16 @@ class MtsFaceClient:
             redact=self.credentials.redact,
         )
         self._rng = random.Random()
+        self._telemetry = Telemetry(
+            hooks=(on_attempt,) if on_attempt is not None else (),
+            include_ids=telemetry_include_ids,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            rate=lambda: self.current_rate,
+            margin=lambda: limiter_reading(self.limiter, "current_margin"),
+            region=region_id,
+            host=self._host,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -230,6 +270,22 @@ class MtsFaceClient:
         limiter is adaptive), or None for a limiter that reports none."""
         rate = getattr(self.limiter, "current_rate", None)
         return float(rate) if isinstance(rate, int | float) else None
+
+    @property
+    def stats(self) -> ClientStats:
+        """Calls, attempts, throttles, retries, requests in flight, the limiter's rate and
+        recent latency percentiles: a snapshot (see :class:`ClientStats`)."""
+        return self._telemetry.stats()
+
+    def add_attempt_hook(self, hook: AttemptHook) -> None:
+        """Call ``hook(event)`` after every attempt, on the event loop, with a frozen
+        :class:`AttemptEvent` (no IDs, URLs or credentials in it). Keep it quick; an
+        exception it raises is logged and does not affect the call."""
+        self._telemetry.add_hook(hook)
+
+    def remove_attempt_hook(self, hook: AttemptHook) -> None:
+        """Stop calling ``hook``."""
+        self._telemetry.remove_hook(hook)
 
     async def __aenter__(self) -> MtsFaceClient:
         return self
@@ -250,16 +306,23 @@ class MtsFaceClient:
         image_url: str,
         person_name: str | None = None,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> RegisteredFace:
         """Register one face image for a person; never retried blindly once sent.
 
         Raises :class:`AmbiguousOutcomeError` when the face may or may not have been stored.
-        ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``max_retries`` (every operation has it) overrides the client's retry count for this
+        call; ``0`` leaves retrying to the caller. ``timeout`` (seconds per attempt) overrides
+        the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: RegisteredFace = await self.call(
             REGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
             timeout=timeout,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             image_url=image_url,
@@ -273,15 +336,20 @@ class MtsFaceClient:
         person_id: str,
         face_id: str,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
         """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library.
 
         ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: Acknowledgement = await self.call(
             UNREGISTER_CUSTOM_FACE,
+            max_retries=max_retries,
             timeout=timeout,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             face_id=face_id,
@@ -293,14 +361,22 @@ class MtsFaceClient:
         category_id: str | None = None,
         person_id: str | None = None,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> CustomPersons:
         """List libraries, persons and faces, optionally narrowed to one library or person.
 
         ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: CustomPersons = await self.call(
-            LIST_CUSTOM_PERSONS, timeout=timeout, category_id=category_id, person_id=person_id
+            LIST_CUSTOM_PERSONS,
+            max_retries=max_retries,
+            timeout=timeout,
+            priority=priority,
+            category_id=category_id,
+            person_id=person_id,
         )
         return result
 
@@ -313,15 +389,20 @@ class MtsFaceClient:
         person_description: str | None = None,
         category_name: str | None = None,
         category_description: str | None = None,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
         """Set the names and descriptions of a person and of its library.
 
         ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: Acknowledgement = await self.call(
             TAG_CUSTOM_PERSON,
+            max_retries=max_retries,
             timeout=timeout,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             person_name=person_name,
@@ -337,23 +418,49 @@ class MtsFaceClient:
         self,
         operation: Operation,
         *,
+        max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
         **values: str | None,
     ) -> Any:
         """Validate, send with retries, and parse one operation; the typed methods use this.
 
+        ``max_retries`` overrides the client's retry count for this call (``0``: one attempt);
         ``timeout``: total seconds per attempt for this call (default: the client's).
+        ``priority``: the limiter's lane for every attempt (``"interactive"`` or ``"bulk"``).
         """
         if timeout is not None:
             check_seconds("timeout", timeout)
+        lane = check_priority(priority)
         params = operation.build_params(values)
+        limit = self.retry_policy.max_retries if max_retries is None else max_retries
+        if limit < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
+        trace = self._telemetry.begin(operation, params, lane)
+        try:
+            result = await self._send(operation, params, timeout, limit, lane, trace)
+        except BaseException as exc:
+            trace.end(exc)
+            raise
+        trace.end(None, result)
+        return result
+
+    async def _send(
+        self,
+        operation: Operation,
+        params: dict[str, str],
+        timeout: float | None,  # noqa: ASYNC109 (per attempt)
+        limit: int,
+        lane: Priority,
+        trace: CallTrace,
+    ) -> Any:
         retry = 0
         while True:
             try:
-                body = await self._attempt(operation, params, retry + 1, timeout)
+                body = await self._attempt(operation, params, retry + 1, timeout, trace, lane)
                 return operation.parse(body)
             except MtsFacesError as exc:
-                if not self._may_retry(operation, exc) or retry >= self.retry_policy.max_retries:
+                if not self._may_retry(operation, exc) or retry >= limit:
                     final = self._final_error(operation, exc)
                     # Retries are DEBUG; only the outcome the caller sees is logged above.
                     logger.info(
@@ -368,11 +475,12 @@ class MtsFaceClient:
                 retry += 1
                 retry_after = exc.retry_after if isinstance(exc, ThrottlingError) else None
                 wait = self.retry_policy.delay(retry, retry_after, self._rng)
+                trace.retrying(exc)
                 logger.debug(
                     "%s retry %d/%d in %.3fs after %s",
                     operation.action,
                     retry,
-                    self.retry_policy.max_retries,
+                    limit,
                     wait,
                     _short(exc),
                 )
@@ -384,16 +492,27 @@ class MtsFaceClient:
         params: dict[str, str],
         attempt: int,
         timeout: float | None,  # noqa: ASYNC109 (per attempt)
+        trace: CallTrace,
+        priority: Priority = INTERACTIVE,
     ) -> dict[str, Any]:
-        async with self._slots:
-            await self.limiter.acquire()
-            # Once per attempt, after the waits and just before signing: credentials refreshed
-            # while this call queued are the ones it signs with. (Only the very first fetch of
-            # a provider makes a caller wait here, slot in hand.)
+        # Before the slots: a provider's first fetch must not hold a connection or rate slot,
+        # and the limiter keys its schedule by the account.
+        creds = await self.credentials.get_credentials()
+        async with self._slots.hold(priority):
+            waiting = time.perf_counter()
+            grant = await self._limiter.acquire(
+                action=operation.action,
+                region=self.region_id,
+                priority=priority,
+                account=creds.access_key_id,
+            )
+            # Again after the waits, just before signing (at once: there are some now), so
+            # credentials refreshed while this call queued are the ones it signs with.
             creds = await self.credentials.get_credentials()
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
             url, headers = self._sign(operation.action, params, creds)
             self.attempts += 1
+            trace.sent(waiting)
             started = time.perf_counter()
             try:
                 response = await self._transport.post(url, headers, timeout=timeout)
@@ -418,13 +537,10 @@ class MtsFaceClient:
             elapsed_ms,
         )
         if 200 <= response.status < 300 and isinstance(body, dict) and "Code" not in body:
-            self.limiter.on_success()
+            self._limiter.feedback(grant, throttled=False)
             return body
         error = self._api_error(body, response)
-        if isinstance(error, ThrottlingError):
-            self.limiter.on_throttled()
-        else:
-            self.limiter.on_success()
+        self._limiter.feedback(grant, throttled=isinstance(error, ThrottlingError))
         raise error
 
     def _sign(

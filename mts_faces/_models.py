@@ -69,13 +69,25 @@ class CustomPersons:
 
 
 def _unwrap(container: Any, key: str) -> list[dict[str, Any]]:
-    # The service wraps lists as {"Category": [...]}; tolerate a bare list or absence.
+    # The service wraps lists as {"Category": [...]}; tolerate a bare list or absence. An item
+    # that is not an object is a damaged answer, never something to skip: a listing that
+    # silently lost a face would read as "not stored".
     if container is None:
         return []
     items = container.get(key, []) if isinstance(container, dict) else container
     if not isinstance(items, list):
         raise ResponseFormatError(f"expected a list under {key!r}, got {type(items).__name__}")
-    return [item for item in items if isinstance(item, dict)]
+    for item in items:
+        if not isinstance(item, dict):
+            raise ResponseFormatError(f"a {key} entry is {type(item).__name__}, not an object")
+    return items
+
+
+def _required(record: dict[str, Any], name: str, what: str) -> str:
+    value = record.get(name)
+    if value is None or value == "":
+        raise ResponseFormatError(f"ListCustomPersons answer has a {what} without {name}")
+    return str(value)
 
 
 def _opt(value: Any) -> str | None:
@@ -101,19 +113,29 @@ def parse_acknowledgement(body: dict[str, Any]) -> Acknowledgement:
 
 
 def parse_custom_persons(body: dict[str, Any]) -> CustomPersons:
-    """Parse a ``ListCustomPersons`` answer into the category → person → face tree."""
+    """Parse a ``ListCustomPersons`` answer into the category → person → face tree.
+
+    A malformed or partial answer (no ``Categories``, an entry that is not an object, a
+    category, person or face without its ID, a face without ``ImageUrl``) raises
+    :class:`ResponseFormatError`: it must never read as "nothing stored".
+    """
+    if not isinstance(body.get("Categories"), dict | list):
+        raise ResponseFormatError("ListCustomPersons answer has no Categories")
     categories = tuple(
         Category(
-            category_id=str(c.get("CategoryId", "")),
+            category_id=_required(c, "CategoryId", "category"),
             category_name=_opt(c.get("CategoryName")),
             category_description=_opt(c.get("CategoryDescription")),
             persons=tuple(
                 Person(
-                    person_id=str(p.get("PersonId", "")),
+                    person_id=_required(p, "PersonId", "person"),
                     person_name=_opt(p.get("PersonName")),
                     person_description=_opt(p.get("PersonDescription")),
                     faces=tuple(
-                        Face(face_id=str(f.get("FaceId", "")), image_url=str(f.get("ImageUrl", "")))
+                        Face(
+                            face_id=_required(f, "FaceId", "face"),
+                            image_url=_required(f, "ImageUrl", "face"),
+                        )
                         for f in _unwrap(p.get("Faces"), "Face")
                     ),
                 )

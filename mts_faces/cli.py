@@ -1,4 +1,4 @@
-"""The ``mts-faces`` command: register, list, unregister, demo, and emulate.
+"""The ``mts-faces`` command: register, verify, list, unregister, demo, and emulate.
 
 Exit status: 0 when every row ended registered or skipped, 1 when any row failed, 2 for a
 usage or configuration error, 130 when interrupted.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -32,9 +33,11 @@ from ._cli_support import (
 )
 from ._client import DEFAULT_QPS, DEFAULT_REGION, MtsFaceClient
 from ._credentials import Credentials
-from ._exceptions import MtsFacesError
+from ._exceptions import AuthenticationError, MtsFacesError
 from ._http import fast_backend
 from ._progress import ProgressBar
+from ._run_report import REPORT_HELP, check_report_extra, run_report
+from .ledger import LedgerError
 from .manifest import BadRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
 
@@ -43,6 +46,18 @@ EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 class StrictModeStop(MtsFacesError):
     """``--strict``: the first bad row stops the run."""
+
+
+class RunAborted(MtsFacesError):
+    """A run ended by an error after it started; ``report`` holds what it did."""
+
+    def __init__(self, error: MtsFacesError, report: RegistrationReport) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.report = report
+
+
+LEDGER_SUFFIX = ".ledger"
 
 
 # --- shared options ---------------------------------------------------------------------------
@@ -151,18 +166,26 @@ async def register_rows(
     entries: Iterator[ManifestEntry],
     output: TextIO,
     *,
-    journal: str | None = None,
+    ledger: str | None = None,
+    rebind_ledger: bool = False,
+    settle: float | None = None,
     total: int | None = None,
     progress: bool = True,
     check_existing: bool = True,
     concurrency: int | None = None,
     collect_faces: bool = False,
 ) -> RegistrationReport:
-    """Register ``entries``, writing one JSON line per outcome to ``output``."""
+    """Register ``entries``, writing one JSON line per outcome to ``output`` (and one
+    ``{"event": "repair", ...}`` line per duplicate the end-of-run verification found).
+
+    Raises :class:`RunAborted` (with the report) when the ledger or the credentials fail.
+    """
     bar = ProgressBar() if progress else None
     registrar = Registrar(
         client,
-        journal=journal,
+        ledger=ledger,
+        rebind_ledger=rebind_ledger,
+        settle=settle,
         progress=bar,
         total=total,
         check_existing=check_existing,
@@ -188,6 +211,11 @@ async def register_rows(
     try:
         async for outcome in registrar.run(_in_thread(entries)):
             output.write(json.dumps(outcome.to_dict(), ensure_ascii=False) + "\n")
+        for repair in registrar.report.repairs:
+            record = {"event": "repair", **repair.to_dict()}
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+    except (LedgerError, AuthenticationError) as exc:
+        raise RunAborted(exc, registrar.report) from exc
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
@@ -203,9 +231,13 @@ def print_summary(report: RegistrationReport, stream: TextIO | None = None) -> N
     out = stream or sys.stderr
     out.write(
         f"rows {report.rows:,}: registered {report.registered:,}"
-        f" (from journal {report.resumed:,}, reconciled {report.reconciled:,}),"
-        f" skipped {report.skipped:,}, failed {report.failed:,}\n"
+        f" (from ledger {report.resumed:,}, reconciled {report.reconciled:,},"
+        f" registered again {report.reregistered:,}),"
+        f" skipped {report.skipped:,}, failed {report.failed:,}"
+        f" (in doubt {report.in_doubt:,}), not attempted {report.not_attempted:,}\n"
     )
+    if report.duplicates_found:
+        out.write(f"  duplicates found {report.duplicates_found:,}, repaired {report.repaired:,}\n")
     for reason, count in sorted(report.skip_reasons.items(), key=lambda kv: -kv[1]):
         out.write(f"  skipped {count:,}: {reason}\n")
     for failure in report.first_failures:
@@ -218,23 +250,105 @@ def print_summary(report: RegistrationReport, stream: TextIO | None = None) -> N
         + (", stopped early" if report.stopped else "")
         + "\n"
     )
+    if report.stopped or report.in_doubt:
+        if report.ledger:
+            out.write(
+                f"to resume, run the same command again (ledger {report.ledger}): finished rows "
+                "are not sent again and rows in doubt are settled first\n"
+            )
+        else:
+            out.write(
+                "to resume, run the same command again: rows already stored are found in the "
+                "library and skipped (keep a ledger to settle rows in doubt)\n"
+            )
     out.flush()
 
 
+def _ledger_path(args: argparse.Namespace) -> str | None:
+    """The ledger the run keeps: ``--ledger``, else beside the manifest; None: ``--no-ledger``."""
+    if args.no_ledger:
+        if args.ledger:
+            raise UsageError("--ledger and --no-ledger exclude each other")
+        return None
+    if args.ledger:
+        return str(args.ledger)
+    if args.manifest == "-":
+        raise UsageError(
+            "reading stdin: name a ledger with --ledger PATH (so that the job can be "
+            "resumed), or pass --no-ledger"
+        )
+    return str(args.manifest) + LEDGER_SUFFIX
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _check_output(output: str, manifest: str, ledger: str | None) -> None:
+    """Refuse an ``--output`` that would overwrite the manifest or the ledger."""
+    if output == "-":
+        return
+    if manifest != "-" and _same_file(output, manifest):
+        raise UsageError(f"--output {output} is the manifest: writing it would destroy the input")
+    if ledger is not None:
+        for path in (ledger, ledger + "-wal", ledger + "-shm"):
+            if _same_file(output, path):
+                raise UsageError(f"--output {output} is the ledger {path}")
+
+
+class UsageError(MtsFacesError, ValueError):
+    """A command line that cannot run as given."""
+
+
+def _whole_file_checked(path: str, entries: Iterator[ManifestEntry]) -> Iterator[ManifestEntry]:
+    """``entries``, once its first one shows the file can be read at all: a file that is
+    empty, binary (an XLSX workbook, a PDF ...) or has no usable header is refused as a whole
+    (a usage error), before any client, ledger or output file is set up."""
+    first = next(entries, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, BadRow) and first.row == 0:
+        where = first.reason if first.line is None else str(first)
+        raise UsageError(f"manifest {path}: {where}")
+    return itertools.chain((first,), entries)
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
-    client = _client_from_args(args)
-    # The total only feeds the progress bar: without one, the manifest is read once.
-    total = None if args.no_progress else _count_rows(args.manifest, args.format)
+    if args.journal:
+        raise UsageError(
+            "--journal is gone: the job record is now a SQLite ledger (--ledger PATH, kept "
+            "beside the manifest by default); an old JSON Lines journal is not imported"
+        )
+    ledger = _ledger_path(args)
+    _check_output(args.output, args.manifest, ledger)
+    overrides: dict[str, Any] = {}
+    if args.timeout is not None:
+        overrides["timeout"] = args.timeout
+    if args.report:
+        check_report_extra()
     with contextlib.ExitStack() as files:
         stream = _open_manifest(args.manifest)
         if stream is not sys.stdin.buffer:
             files.callback(stream.close)
+        entries = _whole_file_checked(
+            args.manifest, read_manifest(stream, fmt=args.format, default_category=args.category)
+        )
+        if args.strict:
+            entries = _strict(entries)
+        client = _client_from_args(args, **overrides)
+        # The total only feeds the progress bar: without one, the manifest is read once.
+        total = None if args.no_progress else _count_rows(args.manifest, args.format)
         output: TextIO = sys.stdout
         if args.output != "-":
             output = files.enter_context(open(args.output, "w", encoding="utf-8"))
-        entries = read_manifest(stream, fmt=args.format, default_category=args.category)
-        if args.strict:
-            entries = _strict(entries)
+        # Written when this block ends, however the run ended.
+        title = f"mts-faces register {args.manifest}"
+        session = files.enter_context(run_report(args.report, client, title=title))
 
         async def main() -> RegistrationReport:
             async with client:
@@ -242,7 +356,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
                     client,
                     entries,
                     output,
-                    journal=args.journal,
+                    ledger=ledger,
+                    rebind_ledger=args.rebind_ledger,
+                    settle=args.settle,
                     total=total,
                     progress=not args.no_progress,
                     check_existing=not args.no_check_existing,
@@ -254,12 +370,52 @@ def _cmd_register(args: argparse.Namespace) -> int:
         except StrictModeStop as exc:
             sys.stderr.write(f"{exc}\n")
             return EXIT_FAILED_ROWS
+        except RunAborted as exc:
+            if session is not None:
+                session.set_outcome(exc.report)
+            sys.stderr.write(f"mts-faces register: {exc.error}\n")
+            print_summary(exc.report)
+            return EXIT_FAILED_ROWS
         except asyncio.CancelledError:
+            if session is not None:
+                session.mark_interrupted()
             return EXIT_INTERRUPTED
+        if session is not None:
+            session.set_outcome(report)
     print_summary(report)
-    if report.stopped and report.failed == 0:
+    if report.stopped:
         return EXIT_INTERRUPTED
     return EXIT_FAILED_ROWS if report.failed else EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .ledger import read_face_ids
+    from .reconcile import Gate, ServiceCalls, find_duplicates, repair
+
+    async def main() -> int:
+        async with _client_from_args(args) as client:
+            listing = await client.list_custom_persons(args.category, args.person)
+            duplicates = list(find_duplicates(listing))
+            keep = read_face_ids(args.ledger) if args.ledger else (lambda dup: None)
+            calls = ServiceCalls(client, Gate(4))
+            done = await repair(calls, duplicates, keep, apply=args.repair)
+        faces = sum(1 for _ in listing.iter_faces())
+        extras = sum(len(r.removed) for r in done)
+        for record in done:
+            print(json.dumps({"event": "repair", **record.to_dict()}, ensure_ascii=False))
+        action = "removed" if args.repair else "would remove (dry run; --repair removes them)"
+        failed = [r for r in done if r.error]
+        sys.stderr.write(
+            f"verify {args.category}: {faces:,} faces, {len(done):,} image URLs stored more "
+            f"than once, {extras:,} extra FaceIds {action}\n"
+        )
+        for record in failed:
+            sys.stderr.write(f"  {record.error}\n")
+        if not done or (args.repair and not failed):
+            return EXIT_OK
+        return EXIT_FAILED_ROWS
+
+    return asyncio.run(main())
 
 
 # --- list and unregister ----------------------------------------------------------------------
@@ -336,6 +492,9 @@ def write_demo_manifest(path: Path, persons: int = DEMO_PERSONS) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .emulator import Emulator, EmulatorConfig
 
+    if args.report:
+        check_report_extra()
+
     async def main() -> RegistrationReport:
         config = EmulatorConfig(qps=args.qps, latency=args.latency, jitter=args.latency / 3)
         async with Emulator(config) as emulator:
@@ -355,11 +514,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     http_backend=fast_backend(),
                 ) as client:
                     # Opening is instant; rows are then pulled in a worker thread.
-                    with open(manifest, "rb") as stream, open(os.devnull, "w") as sink:  # noqa: ASYNC230
+                    title = f"mts-faces demo: {total:,} rows at {args.qps:g} calls/s"
+                    with (
+                        open(manifest, "rb") as stream,  # noqa: ASYNC230
+                        open(os.devnull, "w") as sink,  # noqa: ASYNC230
+                        run_report(args.report, client, title=title) as session,
+                    ):
                         output = sink if not args.outcomes else sys.stdout
                         report = await register_rows(
                             client, read_manifest(stream), output, total=total, collect_faces=True
                         )
+                        if session is not None:
+                            session.set_outcome(report)
             stats = emulator.stats
             sys.stderr.write(
                 f"emulator: accepted {stats.accepted:,}, throttled {stats.throttled:,}, "
@@ -396,7 +562,25 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("manifest", help="CSV with a header, or JSON Lines; - for stdin")
     reg.add_argument("--format", choices=("csv", "jsonl"), help="default: guessed from content")
     reg.add_argument("--category", help="CategoryId for rows that have none")
-    reg.add_argument("--journal", help="append-only journal; rerun with it to resume")
+    reg.add_argument(
+        "--ledger",
+        help=f"SQLite ledger of the job (default: the manifest's path + {LEDGER_SUFFIX}); "
+        "rerun the same command to resume",
+    )
+    reg.add_argument("--no-ledger", action="store_true", help="keep no ledger (no resume)")
+    reg.add_argument(
+        "--rebind-ledger",
+        action="store_true",
+        help="accept a ledger written for another endpoint or AccessKeyId",
+    )
+    reg.add_argument("--journal", help=argparse.SUPPRESS)
+    reg.add_argument("--timeout", type=float, help="seconds one attempt may take, answer included")
+    reg.add_argument(
+        "--settle",
+        type=float,
+        help="seconds after a lost answer before a row may be sent again (default: 3 x "
+        "timeout, at least 5)",
+    )
     reg.add_argument("--output", default="-", help="JSONL of outcomes (default: stdout)")
     reg.add_argument("--strict", action="store_true", help="stop at the first bad row")
     reg.add_argument(
@@ -408,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not list existing faces first (the cap then counts this input only)",
     )
     reg.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    reg.add_argument("--report", metavar="PATH", help=REPORT_HELP)
     _add_client_options(reg)
     reg.set_defaults(run=_cmd_register)
 
@@ -426,6 +611,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(unreg)
     unreg.set_defaults(run=_cmd_unregister)
 
+    ver = sub.add_parser(
+        "verify", help="find faces stored twice (same person and image URL) in a library"
+    )
+    ver.add_argument("--category", required=True, help="the CategoryId to check")
+    ver.add_argument("--person", help="only this PersonId")
+    ver.add_argument(
+        "--repair", action="store_true", help="unregister the extra FaceIds (default: dry run)"
+    )
+    ver.add_argument("--ledger", help="keep the FaceIds this ledger holds (else the first listed)")
+    _add_client_options(ver)
+    ver.set_defaults(run=_cmd_verify)
+
     demo = sub.add_parser("demo", help="register 1,000 faces against a local emulator")
     demo.add_argument(
         "--persons", type=positive_int, default=DEMO_PERSONS, help="persons of 10 faces"
@@ -435,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency", type=non_negative, default=0.05, help="emulated service latency (s)"
     )
     demo.add_argument("--outcomes", action="store_true", help="print each outcome as JSON")
+    demo.add_argument("--report", metavar="PATH", help=REPORT_HELP)
     demo.set_defaults(run=_cmd_demo)
 
     add_emulate(sub)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from mts_faces import (
     AmbiguousOutcomeError,
@@ -13,6 +14,7 @@ from mts_faces import (
     Face,
     InvalidParameterError,
     Person,
+    RateLimiterError,
     RegisteredFace,
     TransportError,
 )
@@ -23,8 +25,20 @@ class FakeClient:
     """Stores faces per (category, person), case-insensitively, and counts calls.
 
     ``fault(action, n)`` may return "lost" (store, then the answer is lost), "drop" (not
-    stored, answer lost), "refused" (not sent) or None, for the n-th call of that action.
+    stored, answer lost), "refused" (not sent), "limiter-down" (the shared limiter gave up:
+    not sent) or None, for the n-th call of that action. ``priorities`` holds the priority
+    lane of every call.
     """
+
+    endpoint = "https://fake.example.com"
+    timeout = 1.0
+
+    class credentials:  # the attribute the registrar reads (AccessKeyId only)
+        access_key_id = "fake-key"
+
+        @classmethod
+        async def get_credentials(cls) -> Any:
+            return cls
 
     def __init__(self, fault: Callable[[str, int], str | None] | None = None) -> None:
         self.store: dict[tuple[str, str], list[Face]] = {}
@@ -36,21 +50,33 @@ class FakeClient:
         self.max_connections = 16
         self.fault = fault
         self.max_in_flight_per_person = 0
+        self.priorities: list[str] = []
         self._in_flight: dict[tuple[str, str], int] = {}
 
-    def _count(self, action: str) -> str | None:
-        self.attempts += 1
+    def _count(self, action: str, priority: str = "interactive") -> str | None:
+        self.priorities.append(priority)
         n = self.calls[action] = self.calls.get(action, 0) + 1
-        return self.fault(action, n) if self.fault else None
+        fault = self.fault(action, n) if self.fault else None
+        if fault == "limiter-down":
+            raise RateLimiterError("the shared limiter's Redis stayed unreachable")
+        self.attempts += 1
+        return fault
 
     async def register_custom_face(
-        self, category_id: str, person_id: str, image_url: str, person_name: str | None = None
+        self,
+        category_id: str,
+        person_id: str,
+        image_url: str,
+        person_name: str | None = None,
+        *,
+        max_retries: int | None = None,
+        priority: str = "interactive",
     ) -> RegisteredFace:
         key = (category_id.casefold(), person_id.casefold())
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         self.max_in_flight_per_person = max(self.max_in_flight_per_person, self._in_flight[key])
         try:
-            fault = self._count("RegisterCustomFace")
+            fault = self._count("RegisterCustomFace", priority)
             await asyncio.sleep(0)
             if fault == "refused":
                 raise TransportError("refused", request_sent=False)
@@ -75,9 +101,16 @@ class FakeClient:
             self._in_flight[key] -= 1
 
     async def list_custom_persons(
-        self, category_id: str | None = None, person_id: str | None = None
+        self,
+        category_id: str | None = None,
+        person_id: str | None = None,
+        *,
+        max_retries: int | None = None,
+        priority: str = "interactive",
     ) -> CustomPersons:
-        self._count("ListCustomPersons")
+        fault = self._count("ListCustomPersons", priority)
+        if fault == "list-fails":
+            raise TransportError("listing refused", request_sent=False)
         await asyncio.sleep(0)
         by_category: dict[str, list[Person]] = {}
         for (cat, person), faces in self.store.items():
@@ -94,9 +127,17 @@ class FakeClient:
         )
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str
+        self,
+        category_id: str,
+        person_id: str,
+        face_id: str,
+        *,
+        max_retries: int | None = None,
+        priority: str = "interactive",
     ) -> Acknowledgement:
-        self._count("UnregisterCustomFace")
+        self._count("UnregisterCustomFace", priority)
+        key = (category_id.casefold(), person_id.casefold())
+        self.store[key] = [f for f in self.store.get(key, []) if f.face_id != face_id]
         return Acknowledgement("x")
 
     def all_face_ids(self) -> list[str]:

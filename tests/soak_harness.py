@@ -22,6 +22,7 @@ import attrs
 
 from mts_faces import MtsFaceClient, MtsFacesError, ThrottlingError
 from mts_faces.emulator import Emulator, EmulatorConfig
+from mts_faces.ledger import LedgerLockedError
 from mts_faces.manifest import BadRow, read_manifest
 from mts_faces.registrar import Registrar, RowOutcome
 
@@ -45,11 +46,18 @@ class SoakSettings:
     drop_rate: float = 0.02
     commit_timeout_rate: float = 0.01
     unavailable_rate: float = 0.02
+    late_commit_rate: float = 0.02
+    """registrations committed ``late_commit_delay`` s after they arrive, then answered."""
+    late_commit_delay: float = 1.5
+    """beyond ``client_timeout``: the answer is lost, the face appears later."""
     hang: float = 2.0
     """How long a commit-then-timeout connection hangs before it closes."""
     client_timeout: float = 1.0
     """The client's read timeout: below ``hang``, the lost answer is a timeout."""
-    ambiguity_settle: float = 0.2
+    settle: float = 2.5
+    """the registrar's settle period: longer than ``late_commit_delay``."""
+    retry_backoff: float = 0.5
+    """the registrar's first wait between tries of a row or a listing."""
     seed: int = 2014
     fault_actions: frozenset[str] = frozenset({"RegisterCustomFace"})
     """Actions the faults hit; adding ListCustomPersons also fails the reconciling lists."""
@@ -81,14 +89,16 @@ class SoakResult:
     requests: int
     rival_calls: int
     rival_throttled: int
+    second_run_refused: str
+    """what a second run on the same ledger, started while the first ran, said."""
     elapsed: float
     reruns: int
-    """runs of the same manifest and journal after the first, until no good row failed."""
+    """runs of the same manifest and ledger after the first, until no good row failed."""
     in_doubt: int
-    """rows failed with their outcome unknown (a verifying list failed): the journal keeps
+    """rows failed with their outcome unknown (a verifying list failed): the ledger keeps
     them open, and the rerun settles them."""
     rerun_new_faces: int
-    """faces the rerun with the same journal added: the good rows the first run failed."""
+    """faces the rerun with the same ledger added: the good rows the first run failed."""
     final_missing: int
     """after the rerun: rows that should be registered and have no stored face."""
     final_extra: int
@@ -191,6 +201,21 @@ async def _rival(emulator: Emulator, qps: float, stop: asyncio.Event) -> tuple[i
     return calls, throttled
 
 
+async def _second_run(emulator: Emulator, ledger: Path, data: bytes) -> str:
+    """The same job started again on the same ledger while the first runs: it must refuse
+    before sending anything."""
+    async with MtsFaceClient(**emulator.client_kwargs()) as client:
+        second = Registrar(client, ledger=ledger)
+        try:
+            async for _ in second.run(read_manifest(io.BytesIO(data))):
+                return "ran: it yielded an outcome"
+        except LedgerLockedError as exc:
+            if client.attempts:
+                return "refused, after sending"
+            return f"refused: {exc}"
+    return "ran to the end"
+
+
 def _check_store(outcomes: list[RowOutcome], library: dict[str, Any]) -> tuple[int, int, int]:
     stored = list(stored_faces(library))
     per_face = Counter((person, url) for person, url, _ in stored)
@@ -201,11 +226,13 @@ def _check_store(outcomes: list[RowOutcome], library: dict[str, Any]) -> tuple[i
 
 
 async def run_soak(
-    settings: SoakSettings, journal: Path | None = None, *, log: Any = None
+    settings: SoakSettings, ledger: Path | None = None, *, log: Any = None
 ) -> SoakResult:
     """Run the soak once (and the same manifest a second time) and return its figures."""
     data, expected = manifest_csv(settings.rows, settings.seed)
     config = EmulatorConfig(
+        late_commit_rate=settings.late_commit_rate,
+        late_commit_delay=settings.late_commit_delay,
         qps=settings.qps,
         latency=settings.latency,
         jitter=settings.jitter,
@@ -216,6 +243,9 @@ async def run_soak(
         hang=settings.hang,
         seed=settings.seed,
         fault_actions=settings.fault_actions,
+        # The quota is counted per action: the listing rival below has its own, so another
+        # program spends the registrations' quota inside the emulator.
+        rival_qps=settings.rival_qps,
     )
     async with Emulator(config) as emulator:
         stop = asyncio.Event()
@@ -229,9 +259,17 @@ async def run_soak(
                 backoff_max=1.0,
             ) as client:
                 registrar = Registrar(
-                    client, journal=journal, ambiguity_settle=settings.ambiguity_settle
+                    client,
+                    ledger=ledger,
+                    settle=settings.settle,
+                    retry_backoff=settings.retry_backoff,
                 )
-                outcomes = [o async for o in registrar.run(read_manifest(io.BytesIO(data)))]
+                outcomes = []
+                refused = "no ledger"
+                async for o in registrar.run(read_manifest(io.BytesIO(data))):
+                    outcomes.append(o)
+                    if len(outcomes) == 1 and ledger is not None:
+                        refused = await _second_run(emulator, ledger, data)
         finally:
             stop.set()
             rival_calls, rival_throttled = await rival
@@ -240,7 +278,7 @@ async def run_soak(
         library = emulator.library()
         duplicates, lost, orphans = _check_store(outcomes, library)
 
-        # The same manifest again, with the same journal: rows left in doubt are settled,
+        # The same manifest again, with the same ledger: rows left in doubt are settled,
         # rows that failed are done now, and nothing is registered a second time. The faults
         # are still on, so a rerun may itself leave a row failed: rerun again, as a user would.
         reruns = 0
@@ -251,7 +289,10 @@ async def run_soak(
             while reruns < 3:
                 reruns += 1
                 rerun = Registrar(
-                    client, journal=journal, ambiguity_settle=settings.ambiguity_settle
+                    client,
+                    ledger=ledger,
+                    settle=settings.settle,
+                    retry_backoff=settings.retry_backoff,
                 )
                 again = [o async for o in rerun.run(read_manifest(io.BytesIO(data)))]
                 if not any(o.status == "failed" and o.row.row in expected for o in again):
@@ -268,7 +309,7 @@ async def run_soak(
         | {row for row in by_row if not 1 <= row <= data_rows}
     )
     failed = [o for o in outcomes if o.status == "failed"]
-    in_doubt = [o for o in failed if (o.reason or "").startswith(_IN_DOUBT)]
+    in_doubt = [o for o in failed if o.in_doubt]
     if log is not None:
         for o in failed:
             if o.row.row in expected:
@@ -290,6 +331,7 @@ async def run_soak(
         requests=stats.requests,
         rival_calls=rival_calls,
         rival_throttled=rival_throttled,
+        second_run_refused=refused,
         elapsed=round(elapsed, 2),
         reruns=reruns,
         in_doubt=len(in_doubt),
@@ -298,10 +340,6 @@ async def run_soak(
         final_extra=len(set(final_keys) - wanted),
         final_duplicates=sum(n - 1 for n in final_keys.values()),
     )
-
-
-# Reasons the registrar gives when it cannot tell whether a registration took effect.
-_IN_DOUBT = ("could not verify an ambiguous registration", "outcome unknown")
 
 
 def _kind(reason: str | None) -> str:

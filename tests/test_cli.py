@@ -116,6 +116,23 @@ def test_jsonl_stdin_default_category_list_and_unregister(
                 str(out),
             ]
         )
+        # stdin has no path to keep a ledger beside: one must be named (or refused).
+        assert status == 2
+        assert "--ledger" in capsys.readouterr().err
+        status = main(
+            [
+                "register",
+                "-",
+                "--category",
+                "明星",
+                "--endpoint",
+                emulator.url,
+                "--output",
+                str(out),
+                "--ledger",
+                str(tmp_path / "stdin.ledger"),
+            ]
+        )
     assert status == 0
     assert [r["status"] for r in outcomes(out)] == ["registered"] * 3
     capsys.readouterr()

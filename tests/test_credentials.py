@@ -248,15 +248,20 @@ def test_a_half_set_environment_is_still_an_error(monkeypatch: pytest.MonkeyPatc
 
 
 class Rotating:
-    """A user's own provider: any object with ``get_credentials`` and ``redact``."""
+    """A user's own provider: any object with ``get_credentials`` and ``redact``; its keys
+    change when the test says (as a rotation would, between two calls or during a wait)."""
 
     def __init__(self, keys: list[Credentials]) -> None:
         self.keys = keys
+        self.current = 0
         self.calls = 0
+
+    def rotate(self) -> None:
+        self.current = min(self.current + 1, len(self.keys) - 1)
 
     async def get_credentials(self) -> Credentials:
         self.calls += 1
-        return self.keys[min(self.calls, len(self.keys)) - 1]
+        return self.keys[self.current]
 
     def redact(self, text: str) -> str:
         for key in self.keys:
@@ -281,11 +286,48 @@ async def test_each_attempt_signs_with_the_providers_current_keys(signature_vers
             endpoint=emulator.url, credentials=provider, signature_version=signature_version
         ) as client:
             await client.list_custom_persons()
+            provider.rotate()
             await client.list_custom_persons()
+            provider.rotate()
             with pytest.raises(AuthenticationError):  # the third key is one it does not know
                 await client.list_custom_persons()
         assert emulator.stats.accepted == 2
-    assert provider.calls == 3
+    assert provider.calls >= 3
+
+
+class RotateWhileWaiting:
+    """A limiter that, while the call waits for its slot, lets the provider rotate."""
+
+    def __init__(self, provider: Rotating) -> None:
+        self.provider = provider
+
+    async def acquire(self) -> None:
+        self.provider.rotate()
+
+    def on_success(self) -> None:
+        pass
+
+    def on_throttled(self) -> None:
+        pass
+
+
+async def test_keys_rotated_during_the_wait_for_a_slot_are_the_ones_signed_with() -> None:
+    provider = Rotating(
+        [Credentials("id-old", SECRET_A, TOKEN_A), Credentials("id-new", SECRET_B, TOKEN_B)]
+    )
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"].split("Credential=")[1].split(",")[0])
+        return httpx.Response(200, json={"RequestId": "r", "Categories": {"Category": []}})
+
+    async with MtsFaceClient(
+        credentials=provider,
+        limiter=RotateWhileWaiting(provider),
+        transport=httpx.MockTransport(answer),
+    ) as client:
+        await client.list_custom_persons()
+    assert seen == ["id-new"]
 
 
 def echoing_transport() -> httpx.MockTransport:

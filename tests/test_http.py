@@ -505,7 +505,7 @@ async def test_a_bad_per_call_timeout_is_refused_before_any_request(bad: float) 
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request)
-        return httpx.Response(200, json={"RequestId": "r"})
+        return httpx.Response(200, json={"RequestId": "r", "Categories": {"Category": []}})
 
     async with MtsFaceClient(
         access_key_id="i", access_key_secret="s", transport=httpx.MockTransport(handler)

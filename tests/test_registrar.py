@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mts_faces import RateLimiterError
 from mts_faces.manifest import BadRow, FaceRow
 from mts_faces.registrar import Registrar, RowOutcome
 
@@ -23,7 +23,8 @@ def rows(persons: int, per_person: int, category: str = "cat") -> list[FaceRow]:
 
 
 async def run(client: FakeClient, data: Any, **kw: Any) -> tuple[Registrar, list[RowOutcome]]:
-    kw.setdefault("ambiguity_settle", 0.0)
+    kw.setdefault("settle", 0.0)
+    kw.setdefault("retry_backoff", 0.0)
     registrar = Registrar(client, **kw)  # type: ignore[arg-type]
     outcomes = [o async for o in registrar.run(data)]
     return registrar, outcomes
@@ -119,36 +120,50 @@ async def test_bad_rows_and_invalid_rows_fail_with_reasons() -> None:
     assert "ImageUrl" in (outcomes[2].reason or "")
 
 
-async def test_journal_resume_skips_finished_rows(tmp_path: Path) -> None:
-    journal = tmp_path / "j.jsonl"
+async def test_ledger_resume_skips_finished_rows(tmp_path: Path) -> None:
+    ledger = tmp_path / "run.ledger"
     client = FakeClient()
-    await run(client, rows(5, 4), journal=journal)
+    await run(client, rows(5, 4), ledger=ledger)
     calls = client.attempts
-    registrar, outcomes = await run(client, rows(5, 4), journal=journal, check_existing=False)
-    assert client.attempts == calls  # nothing sent again
+    registrar, outcomes = await run(client, rows(5, 4), ledger=ledger, check_existing=False)
+    assert client.attempts == calls  # nothing sent again, not even a listing
     assert all(o.status == "registered" and o.resumed for o in outcomes)
     assert registrar.report.resumed == 20
 
 
-async def test_journal_in_flight_rows_are_reconciled(tmp_path: Path) -> None:
-    journal = tmp_path / "j.jsonl"
+async def test_ledger_resume_checks_the_library_and_reregisters_what_is_gone(
+    tmp_path: Path,
+) -> None:
+    ledger = tmp_path / "run.ledger"
     client = FakeClient()
-    # Simulate a crash: a start line whose face was stored, and one whose face was not.
-    stored = FaceRow("cat", "p", "https://x/stored.jpg")
-    lost = FaceRow("cat", "p", "https://x/never.jpg")
+    await run(client, rows(3, 2), ledger=ledger)
+    del client.store[("cat", "p1")]  # someone removed a person's faces
+    registrar, outcomes = await run(client, rows(3, 2), ledger=ledger)
+    assert registrar.report.reregistered == 2
+    assert registrar.report.resumed == 4
+    assert [o.status for o in outcomes] == ["registered"] * 6
+    assert sorted(o.face_id or "" for o in outcomes) == sorted(client.all_face_ids())
+    assert len(client.all_face_ids()) == 6
+
+
+async def test_rows_in_flight_at_a_crash_are_settled_not_resent(tmp_path: Path) -> None:
+    from mts_faces.ledger import Ledger, LedgerIdentity
+
+    path = tmp_path / "run.ledger"
+    client = FakeClient()
+    stored = FaceRow("cat", "p", "https://x/stored.jpg", row=1)
+    lost = FaceRow("cat", "p", "https://x/never.jpg", row=2)
     await client.register_custom_face("cat", "p", stored.image_url)
-    lines = [
-        {"v": 1, "event": "start", "key": r.row_key, "row": i + 1}
-        for i, r in enumerate((stored, lost))
-    ]
-    journal.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    for check in (False, True):
-        if check:
-            journal.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-            client.store[("cat", "p")] = client.store[("cat", "p")][:1]
-        _, outcomes = await run(client, [stored, lost], journal=journal, check_existing=check)
-        assert [o.status for o in outcomes] == ["registered", "registered"]
-        assert len(client.store[("cat", "p")]) == 2, check
+    # A run that died after recording both starts: one face was stored, one was not.
+    crashed = Ledger(path, LedgerIdentity("fake.example.com", "fake-key")).open()
+    for r in (stored, lost):
+        await crashed.start(r.row_key, r.row, r.category_id, r.person_id, r.image_url)
+    await crashed.aclose()
+    for check in (True, False):
+        registrar, outcomes = await run(client, [stored, lost], ledger=path, check_existing=check)
+        assert [o.status for o in outcomes] == ["registered", "registered"], check
+        assert len(client.store[("cat", "p")]) == 2, check  # nothing stored twice
+        assert registrar.report.duplicates_found == 0
 
 
 async def test_progress_callback_and_streaming_async_input() -> None:
@@ -178,7 +193,10 @@ async def test_stop_leaves_every_read_row_accounted() -> None:
     assert len(outcomes) == registrar.report.rows
     registered = {o.face_id for o in by_status(outcomes, "registered")}
     assert registered == set(client.all_face_ids())
-    assert all("stopped" in (o.reason or "") for o in by_status(outcomes, "failed"))
+    assert not by_status(outcomes, "failed")
+    not_attempted = by_status(outcomes, "not attempted")
+    assert not_attempted and all("stopped" in (o.reason or "") for o in not_attempted)
+    assert registrar.report.not_attempted == len(not_attempted)
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -198,3 +216,42 @@ async def test_streams_without_reading_everything_first(concurrency: int) -> Non
     assert first.status == "registered"
     assert read < 200  # read-ahead is bounded by the buffer, not by the input
     await gen.aclose()
+
+
+async def test_every_call_of_the_registrar_takes_the_bulk_lane() -> None:
+    # Lost answers make it list persons and check the library too: every kind of call.
+    client = FakeClient(
+        fault=lambda action, n: "lost" if action == "RegisterCustomFace" and n % 7 == 0 else None
+    )
+    _, outcomes = await run(client, rows(5, 4))
+    assert len(by_status(outcomes, "registered")) == 20
+    assert {"RegisterCustomFace", "ListCustomPersons"} <= set(client.calls)
+    assert client.priorities and set(client.priorities) == {"bulk"}
+
+
+async def test_a_shared_limiter_that_gives_up_stops_the_run_and_sends_nothing_more() -> None:
+    client = FakeClient(
+        fault=lambda action, n: (
+            "limiter-down" if action == "RegisterCustomFace" and n >= 4 else None
+        )
+    )
+    registrar = Registrar(client, settle=0.0, retry_backoff=0.0, concurrency=1)  # type: ignore[arg-type]
+    outcomes: list[RowOutcome] = []
+    with pytest.raises(RateLimiterError):
+        async for outcome in registrar.run(rows(1, 8)):
+            outcomes.append(outcome)
+    assert len(outcomes) == 8  # every row accounted for
+    assert len(client.all_face_ids()) == 3
+    assert len(by_status(outcomes, "registered")) == 3
+    # The row that met the outage and every row after it were never sent: not attempted,
+    # never "failed", and not one more registration was tried after the error.
+    assert client.calls["RegisterCustomFace"] == 4
+    assert by_status(outcomes, "failed") == []
+    assert all(o.status in ("registered", "not attempted") for o in outcomes)
+
+
+async def test_concurrency_beyond_the_connection_pool_is_capped_by_it() -> None:
+    # A huge --concurrency must not size the read-ahead buffer (memory) from the wish.
+    client = FakeClient()
+    registrar = Registrar(client, concurrency=100_000_000)  # type: ignore[arg-type]
+    assert registrar.concurrency == client.max_connections

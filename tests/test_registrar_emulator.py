@@ -121,7 +121,7 @@ async def test_lost_answers_are_reconciled_without_duplicates() -> None:
     config = EmulatorConfig(qps=1000, seed=3, commit_timeout_rate=0.3, hang=30.0)
     async with Emulator(config) as emulator, client_for(emulator, timeout=0.3) as client:
         data = rows(10, 4)
-        registrar = Registrar(client, ambiguity_settle=0.0)
+        registrar = Registrar(client, settle=0.0)
         outcomes = await run_all(registrar, data)
         held = await stored(client)
         ids = await stored_ids(client)
@@ -134,11 +134,11 @@ async def test_lost_answers_are_reconciled_without_duplicates() -> None:
     assert {o.face_id for o in outcomes} == ids  # no FaceId lost
 
 
-async def test_stop_then_resume_with_the_journal(emulator: Emulator, tmp_path: Path) -> None:
-    journal = tmp_path / "run.journal.jsonl"
+async def test_stop_then_resume_with_the_ledger(emulator: Emulator, tmp_path: Path) -> None:
+    ledger = tmp_path / "run.ledger"
     data = rows(20, 5)
     async with client_for(emulator, qps=200) as client:
-        first = Registrar(client, journal=journal)
+        first = Registrar(client, ledger=ledger)
         seen: list[RowOutcome] = []
         async for outcome in first.run(data):
             seen.append(outcome)
@@ -148,11 +148,11 @@ async def test_stop_then_resume_with_the_journal(emulator: Emulator, tmp_path: P
         assert first.report.rows == len(seen)
         registered_first = {o.row.row for o in seen if o.status == "registered"}
         assert 30 <= len(registered_first) < len(data)
-        # Rows read ahead but not sent come back as failed "not sent", never silently.
+        # Rows read ahead but not sent come back as "not attempted", never silently.
         not_sent = [o for o in seen if o.status != "registered"]
-        assert not_sent and all("not sent" in (o.reason or "") for o in not_sent)
+        assert not_sent and {o.status for o in not_sent} == {"not attempted"}
 
-        second = Registrar(client, journal=journal)
+        second = Registrar(client, ledger=ledger)
         again = await run_all(second, data)
         held = await stored(client)
 

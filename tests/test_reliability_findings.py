@@ -27,7 +27,7 @@ class ExplodingClient(FakeClient):
 async def test_an_unexpected_error_does_not_hang_the_run() -> None:
     registrar = Registrar(
         ExplodingClient(),  # type: ignore[arg-type]
-        ambiguity_settle=0.0,
+        settle=0.0,
         drain_timeout=0.1,
     )
     rows = [FaceRow("lib", "p", "https://img.example.com/1.jpg")]
@@ -58,7 +58,7 @@ async def test_registrar_refuses_rows_that_cannot_be_encoded() -> None:
     """The guard that holds today: the manifest's validation, which the registrar applies to
     FaceRow and mapping input alike, fails such rows before any call."""
     client = FakeClient()
-    registrar = Registrar(client, ambiguity_settle=0.0)  # type: ignore[arg-type]
+    registrar = Registrar(client, settle=0.0)  # type: ignore[arg-type]
     rows: list[Any] = [
         FaceRow("lib", "p\ud800", "https://img.example.com/1.jpg"),
         {"category_id": "lib", "person_id": "p", "image_url": "https://x/\udfff"},

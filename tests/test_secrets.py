@@ -1,5 +1,5 @@
 """The AccessKey secret and the STS token never leave the signer: not in a log line (DEBUG
-included, every logger), a repr, an exception's text or traceback, the journal, the outcome
+included, every logger), a repr, an exception's text or traceback, the ledger, the outcome
 file or the command's output. Both signature versions and both HTTP backends, against the
 emulator (with faults, throttling and its SignatureDoesNotMatch) and against a service that,
 like the real one, echoes the string to sign with the token in it.
@@ -100,9 +100,10 @@ def run_cli(
         "category_id,person_id,image_url\n"
         + "".join(f"lib,p{i},https://img.example.com/{i}.jpg\n" for i in range(30))
     )
-    journal, out = tmp_path / "run.journal.jsonl", tmp_path / "out.jsonl"
-    argv = ["register", str(manifest), "--endpoint", emu.url, "--journal", str(journal)]
+    journal, out = tmp_path / "run.ledger", tmp_path / "out.jsonl"
+    argv = ["register", str(manifest), "--endpoint", emu.url, "--ledger", str(journal)]
     argv += ["--output", str(out), "--signature-version", str(version), "--qps", "400"]
+    argv += ["--settle", "0.2"]
     return main(argv), journal, out
 
 
@@ -132,7 +133,7 @@ def test_cli_run_with_faults_leaks_nothing(
         log_text(caplog),
         captured.out,
         captured.err,
-        journal.read_text(),
+        ledger_text(journal),
         out.read_text(),
         repr(faulty_emulator.emulator),
     )
@@ -154,7 +155,7 @@ def test_wrong_secret_answer_leaks_nothing(
     captured = capsys.readouterr()
     assert status == 1 and "SignatureDoesNotMatch" in captured.err
     assert "Traceback" not in captured.err
-    journal_text = journal.read_text() if journal.exists() else ""
+    journal_text = ledger_text(journal)
     assert_no_secret(log_text(caplog), captured.out, captured.err, journal_text, out.read_text())
 
 
@@ -202,7 +203,7 @@ async def test_echoed_string_to_sign_leaks_nothing(
         with pytest.raises(AuthenticationError) as info:
             await client.list_custom_persons()
         assert "***" in info.value.message  # redacted, not dropped
-        registrar = Registrar(client, journal=tmp_path / "j.jsonl", check_existing=False)
+        registrar = Registrar(client, ledger=tmp_path / "j.ledger", check_existing=False)
         with pytest.raises(AuthenticationError) as fatal:
             outcomes = []
             async for outcome in registrar.run([FaceRow("lib", "p", "https://x.example/a.jpg")]):
@@ -211,7 +212,15 @@ async def test_echoed_string_to_sign_leaks_nothing(
         texts += [repr(vars(client)), repr(registrar.report)]
         texts += [repr(o) + str(o.to_dict()) + str(o.reason) for o in outcomes]
     assert service.calls >= 2
-    assert_no_secret(*texts, log_text(caplog), (tmp_path / "j.jsonl").read_text())
+    assert_no_secret(*texts, log_text(caplog), ledger_text(tmp_path / "j.ledger"))
+
+
+def ledger_text(path: Path) -> str:
+    """The ledger's bytes (and its WAL's, if any) as text, for a search."""
+    files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    data = b"".join(f.read_bytes() for f in files if f.exists())
+    assert path.exists() and data
+    return data.decode("latin-1")
 
 
 async def test_transport_failures_in_the_chain_leak_nothing(

@@ -45,6 +45,18 @@ def _qps(text: str) -> float:
     return value
 
 
+def _action_qps(text: str) -> tuple[str, float]:
+    action, sep, value = text.partition("=")
+    if not sep or action.strip() not in ACTIONS:
+        raise argparse.ArgumentTypeError(
+            f"expected ACTION=QPS with ACTION one of {', '.join(sorted(ACTIONS))}, got {text!r}"
+        )
+    try:
+        return action.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"QPS must be a number, got {value!r}") from None
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``emulate`` subcommand to ``subparsers`` (sets ``run``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -57,7 +69,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument(
-        "--qps", type=_qps, default=100.0, help="calls per second per key; 0: no quota"
+        "--qps",
+        type=_qps,
+        default=100.0,
+        help="calls/s per account and action; 0: no quota",
     )
     parser.add_argument("--max-faces", type=int, default=10, help="faces per person")
     parser.add_argument("--seed", type=int, help="seed for faults, jitter and FaceIds")
@@ -82,10 +97,50 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     faults.add_argument("--hang", type=non_negative, default=600.0, help="seconds a hang lasts")
     faults.add_argument(
+        "--late-commit-rate",
+        type=float,
+        default=0.0,
+        help="registrations committed --late-commit-delay s after arrival, then answered",
+    )
+    faults.add_argument(
+        "--late-commit-delay", type=float, default=5.0, help="seconds of a late commit"
+    )
+    faults.add_argument(
+        "--malformed-listing-rate",
+        type=float,
+        default=0.0,
+        help="listings answered without Categories, or with a face missing FaceId/ImageUrl",
+    )
+    faults.add_argument(
         "--fault-actions",
         type=_actions,
         default=frozenset({"RegisterCustomFace"}),
         help="comma-separated actions the faults apply to (default: RegisterCustomFace)",
+    )
+    quota = parser.add_argument_group("quota scope, network and a rival program")
+    quota.add_argument(
+        "--action-qps",
+        type=_action_qps,
+        action="append",
+        default=[],
+        metavar="ACTION=QPS",
+        help="a quota of its own for one action (repeatable; others: --qps)",
+    )
+    quota.add_argument(
+        "--network-delay", type=float, default=0.0, help="one-way delay, s, before the quota"
+    )
+    quota.add_argument(
+        "--network-jitter", type=float, default=0.0, help="plus uniform 0..J s, each way"
+    )
+    quota.add_argument("--rival-qps", type=float, default=0.0, help="another program's calls/s")
+    quota.add_argument("--rival-start", type=float, default=0.0, help="s after the first call")
+    quota.add_argument("--rival-duration", type=float, help="s the rival runs (default: ever)")
+    quota.add_argument("--rival-bursty", action="store_true", help="each second's calls at once")
+    quota.add_argument(
+        "--no-retry-after",
+        dest="retry_after",
+        action="store_false",
+        help="do not send x-acs-retry-after when throttling",
     )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", action="store_true", help="serve https")
@@ -112,12 +167,23 @@ def config_from_args(args: argparse.Namespace, key: AccessKey | None) -> Emulato
         drop_rate=args.drop_rate,
         commit_timeout_rate=args.commit_timeout_rate,
         hang=args.hang,
+        late_commit_rate=args.late_commit_rate,
+        late_commit_delay=args.late_commit_delay,
+        malformed_listing_rate=args.malformed_listing_rate,
         fault_actions=args.fault_actions,
         seed=args.seed,
         max_faces_per_person=args.max_faces,
         tls=bool(args.tls or args.certfile),
         certfile=args.certfile,
         keyfile=args.keyfile,
+        action_qps=dict(args.action_qps),
+        network_delay=args.network_delay,
+        network_jitter=args.network_jitter,
+        rival_qps=args.rival_qps,
+        rival_start=args.rival_start,
+        rival_duration=args.rival_duration,
+        rival_bursty=args.rival_bursty,
+        retry_after=args.retry_after,
     )
 
 
@@ -149,7 +215,7 @@ async def _serve(config: EmulatorConfig, args: argparse.Namespace, *, from_env: 
         else:
             print(f"{ENV_ID}={emulator.key.access_key_id}")
             print(f"{ENV_SECRET}={emulator.key.access_key_secret}", flush=True)
-        quota = f"{config.qps:g} calls/s per key" if config.qps else "no quota"
+        quota = f"{config.qps:g} calls/s per account and action" if config.qps else "no quota"
         sys.stderr.write(f"emulator on {emulator.url}: {quota}; Ctrl-C to stop\n")
         sys.stderr.flush()
         await stop.wait()

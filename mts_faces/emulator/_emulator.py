@@ -47,7 +47,9 @@ class Emulator:
         self.key: AccessKey = config.access_key or AccessKey.generate()
         """The key pair the emulator accepts (besides ``config.extra_keys``)."""
         keys = {**config.extra_keys, self.key.access_key_id: self.key.access_key_secret}
-        self._service = Service(config, keys, clock=clock, wall_clock=wall_clock)
+        self._service = Service(
+            config, keys, clock=clock, wall_clock=wall_clock, main_key_id=self.key.access_key_id
+        )
         self._server = HttpServer(self._service, max_body=config.max_body)
         self._tls: TlsMaterial | None = None
         self._port: int | None = None
@@ -168,6 +170,11 @@ class Emulator:
         self._service.library.clear()
         self._service.nonces.clear()
 
+    def empty_library(self, category_id: str | None = None) -> int:
+        """Remove every face and person of library ``category_id`` (None: of every library),
+        as someone else emptying it would; returns how many faces went. Nonces stay."""
+        return self._service.library.empty(category_id)
+
     # --- in a thread ---------------------------------------------------------------------------
 
     @classmethod
@@ -273,3 +280,7 @@ class EmulatorThread:
     def clear(self) -> None:
         """Forget every library and nonce."""
         self._call(self.emulator.clear)
+
+    def empty_library(self, category_id: str | None = None) -> int:
+        """Empty one library, or all (see :meth:`Emulator.empty_library`)."""
+        return self._call(lambda: self.emulator.empty_library(category_id))

@@ -59,6 +59,15 @@ class Library:
         """Remove every library."""
         self._categories.clear()
 
+    def empty(self, category_id: str | None = None) -> int:
+        """Remove one library (None: all); returns how many faces it held."""
+        if category_id is None:
+            gone = self.face_count
+            self.clear()
+            return gone
+        category = self._categories.pop(category_id.casefold(), None)
+        return sum(len(p.faces) for p in category.persons.values()) if category else 0
+
     def _person(self, category_id: str, person_id: str) -> StoredPerson:
         category = self._categories.get(category_id.casefold())
         if category is None:

@@ -15,6 +15,9 @@ UNAVAILABLE = "unavailable"
 DROP = "drop"
 COMMIT_TIMEOUT = "commit_timeout"
 FAULT_KINDS = (INTERNAL_ERROR, UNAVAILABLE, DROP, COMMIT_TIMEOUT)
+# Counted only once they occur (their knobs are off by default).
+LATE_COMMIT = "late_commit"
+MALFORMED_LISTING = "malformed_listing"
 
 
 @attrs.frozen
@@ -36,10 +39,18 @@ class EmulatorStats:
     """Requests whose signature checked out, by signature version (1 or 3)."""
     errors_by_code: Mapping[str, int]
     faulted: Mapping[str, int]
-    """Injected faults by kind: internal_error, unavailable, drop, commit_timeout."""
+    """Injected faults by kind: internal_error, unavailable, drop, commit_timeout,
+    late_commit, malformed_listing."""
     max_window_accepted: int
     max_window_arrivals: int
     faces_stored: int
+    max_window_quota: int = 0
+    """The most calls accepted in any one second of one (account, action) quota, the rival's
+    calls included: never more than that quota's limit."""
+    rival_accepted: int = 0
+    """Calls of the emulated rival program the quota accepted."""
+    rival_throttled: int = 0
+    """Calls of the emulated rival program the quota turned away."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every figure."""

@@ -65,7 +65,8 @@ async def test_registrar_over_the_in_process_emulator_with_faults() -> None:
     rows = [FaceRow("lib", f"p{i // 5}", f"https://img.example/{i}.jpg") for i in range(40)]
     kwargs = emulator.client_kwargs(in_process=True, backoff_base=0.01)
     async with MtsFaceClient(**kwargs) as client:
-        registrar = Registrar(client)
+        # Short settling: this emulator stores at once or never (no late commits).
+        registrar = Registrar(client, settle=0.2, retry_backoff=0.01)
         outcomes = [outcome async for outcome in registrar.run(rows)]
     assert sum(emulator.stats.faulted.values()) > 0
     registered = {o.face_id for o in outcomes if o.status == "registered"}

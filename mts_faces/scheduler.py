@@ -1,0 +1,642 @@
+"""The scheduler of a bulk registration: a feeder reads rows, admits them, and one task per
+active person takes that person's rows one at a time through the :class:`Settler`.
+
+* Rows are **streamed**: at most ``buffer_size`` admitted rows wait, so memory follows the
+  buffer, not the input. Per-person state is kept for persons with work in progress plus an
+  LRU of idle ones; an evicted person met again is listed afresh (or, without listings, read
+  back from the ledger). A person's state holds at most the faces it may have (the cap), not
+  one entry per row: rows past the cap are skipped without being remembered.
+* The **cap of 10 faces per person** is decided when a row is read: faces in the library
+  (one ``ListCustomPersons`` per library, unless ``check_existing=False``) plus rows
+  accepted so far. Rows past it are skipped, never sent; so is a second row with the same
+  person and image URL.
+* **One call in flight per person**: each person's rows go through one task, in order, so
+  a row being settled holds back only its own person. A row's wait for its settle deadline
+  holds no concurrency slot.
+* **The library wins over the ledger**: a row the ledger holds as registered is checked
+  against the listing the run makes anyway; a face gone from the library is registered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._exceptions import (
+    AuthenticationError,
+    MtsFacesError,
+    NotFoundError,
+    RateLimiterError,
+    ValidationError,
+)
+from ._models import CustomPersons
+from ._operations import MAX_FACES_PER_PERSON
+from ._outcomes import NOT_ATTEMPTED, Progress, RegistrationReport, Repair, RowOutcome
+from .manifest import BadRow, FaceRow, ManifestEntry, build_row
+from .reconcile import (
+    Fatal,
+    Gate,
+    ListingCircuit,
+    ListingTries,
+    NotSent,
+    RegistrarClient,
+    RetryBudget,
+    ServiceCalls,
+    SettleHooks,
+    Settler,
+    find_duplicates,
+    repair,
+)
+
+if TYPE_CHECKING:
+    from .ledger import Ledger, LedgerRow
+
+logger = logging.getLogger("mts_faces.registrar")
+
+RowInput = FaceRow | BadRow | Mapping[str, Any]
+
+MAX_AMBIGUOUS_IN_MEMORY = 10_000
+"""Without a ledger, the end-of-run verification remembers this many ambiguous persons."""
+
+
+class Person:
+    """Per-person state: faces known stored (URL → FaceId), rows accepted, rows waiting."""
+
+    __slots__ = ("faces", "key", "pending", "reserved", "seen", "task")
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.faces: dict[str, str] = {}
+        self.seen: dict[str, int] = {}  # image URL → row number of the accepted row
+        self.reserved = 0  # faces in the library plus rows accepted for registration
+        self.pending: deque[tuple[FaceRow, LedgerRow | None]] = deque()
+        self.task: asyncio.Task[None] | None = None
+
+    def know(self, image_url: str, face_id: str) -> None:
+        """Record a face known to be stored."""
+        if image_url not in self.faces:
+            self.faces[image_url] = face_id
+
+
+class BloomFilter:
+    """A fixed-size set of evicted person keys: a false positive costs one extra lookup."""
+
+    def __init__(self, bits: int = 1 << 23, hashes: int = 5) -> None:
+        self._bits = bytearray()  # 1 MiB, allocated on the first eviction only
+        self._size = bits
+        self._hashes = hashes
+
+    def _positions(self, key: tuple[str, str]) -> list[int]:
+        digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=4 * self._hashes).digest()
+        return [
+            int.from_bytes(digest[4 * i : 4 * i + 4], "little") % self._size
+            for i in range(self._hashes)
+        ]
+
+    def add(self, key: tuple[str, str]) -> None:
+        """Add ``key``."""
+        if not self._bits:
+            self._bits = bytearray(self._size // 8)
+        for p in self._positions(key):
+            self._bits[p >> 3] |= 1 << (p & 7)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        if not self._bits:
+            return False
+        return all(self._bits[p >> 3] & (1 << (p & 7)) for p in self._positions(key))
+
+
+@attrs.define
+class SchedulerOptions:
+    """The registrar's settings, as the scheduler uses them (see :class:`Registrar`)."""
+
+    concurrency: int | None
+    check_existing: bool
+    collect_faces: bool
+    buffer_size: int
+    settle: float
+    budget: RetryBudget
+    drain_timeout: float
+    max_idle_persons: int
+    default_category: str | None
+    verify: bool
+    repair: bool
+    total: int | None
+    progress: Callable[[Progress], None] | None
+    clock: Callable[[], float]
+
+
+_DONE = object()
+
+
+class Scheduler:
+    """One run: feeder, per-person tasks, outcomes queue, end-of-run verification."""
+
+    def __init__(
+        self,
+        client: RegistrarClient,
+        ledger: Ledger | None,
+        options: SchedulerOptions,
+        report: RegistrationReport,
+        stop_event: asyncio.Event,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.o = options
+        self.report = report
+        self.stop_event = stop_event
+        self.max_workers = options.concurrency or client.max_connections
+        self.outcomes: asyncio.Queue[RowOutcome | object] = asyncio.Queue(
+            maxsize=4 * self.max_workers
+        )
+        self.gate = Gate(self._target_concurrency(None))
+        self.calls = ServiceCalls(client, self.gate, self._observe_latency)
+        self.circuit = ListingCircuit(options.budget.circuit_threshold)
+        self.settler = Settler(
+            self.calls,
+            ledger,
+            settle=options.settle,
+            budget=options.budget,
+            circuit=self.circuit,
+            hooks=SettleHooks(self.stopping, self._on_ambiguous, self._on_reconciled),
+            clock=options.clock,
+            sleep=self.sleep,
+        )
+        self.people: dict[tuple[str, str], Person] = {}
+        self.idle: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.evicted = BloomFilter()
+        self.listed_categories: set[str] = set()
+        self.buffered = asyncio.Semaphore(options.buffer_size)
+        self.queued = 0
+        self.all_done = asyncio.Event()
+        self.all_done.set()
+        self.read = 0
+        self.fatal: BaseException | None = None
+        self.started = time.monotonic()
+        self._latency_ewma: float | None = None
+        # Without a ledger: persons with an ambiguous row → (category, person, latest start),
+        # and the FaceId each of their rows reported, for the end-of-run verification.
+        self._ambiguous: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._reported: dict[str, str] = {}
+
+    # --- orchestration -------------------------------------------------------------------------
+
+    def stopping(self) -> bool:
+        """Whether the run is stopping (``stop()``, a fatal error, the consumer left)."""
+        return self.stop_event.is_set()
+
+    def stop(self) -> None:
+        """Stop: no new sends; rows waiting end ``not attempted``."""
+        self.stop_event.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when the run stops meanwhile."""
+        if seconds <= 0 or self.stopping():
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+
+    async def supervise(self, rows: Iterable[RowInput] | AsyncIterable[RowInput]) -> None:
+        """Feed every row, wait for every person's task, verify, then end the outcomes."""
+        try:
+            try:
+                await self.feed(rows)
+            finally:
+                await self.all_done.wait()
+            if self.o.verify and self.fatal is None:
+                await self.verify_ambiguous()
+        finally:
+            for person in list(self.people.values()):
+                if person.task is not None:
+                    person.task.cancel()
+            await self.outcomes.put(_DONE)
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def feed(self, rows: Iterable[RowInput] | AsyncIterable[RowInput]) -> None:
+        """Read, validate and admit rows until the input ends or the run stops."""
+        source = _aiter(rows)
+        try:
+            async for item in source:
+                if self.stopping():
+                    break
+                self.read += 1
+                entry = self.to_entry(item)
+                if isinstance(entry, BadRow):
+                    await self.emit(RowOutcome(entry, "failed", reason=f"bad row: {entry}"))
+                    continue
+                person = await self.person_for(entry)
+                if person is None:
+                    break  # a fatal error
+                await self.admit(person, entry)
+        finally:
+            # Leaving early closes the caller's input (an async generator's ``finally`` runs).
+            await source.aclose()
+            await _close_input(rows)
+
+    def to_entry(self, item: RowInput) -> ManifestEntry:
+        """A validated row, or a bad row with its reason."""
+        if isinstance(item, BadRow):
+            return item
+        if isinstance(item, FaceRow):
+            row = item if item.row else attrs.evolve(item, row=self.read)
+            try:
+                return row.validated()
+            except ValidationError as exc:
+                return BadRow(row.row, exc.reason, exc.field)
+        if isinstance(item, Mapping):
+            return build_row(dict(item), self.read, self.o.default_category)
+        return BadRow(self.read, f"unsupported row type {type(item).__name__}")
+
+    # --- persons -------------------------------------------------------------------------------
+
+    async def person_for(self, row: FaceRow) -> Person | None:
+        """The person's state: known, or listed from the library, or rebuilt from the ledger."""
+        key = row.person_key
+        person = self.people.get(key)
+        if person is not None:
+            self.idle.pop(key, None)
+            return person
+        was_evicted = key in self.evicted
+        if self.o.check_existing:
+            category = row.category_id.casefold()
+            if self.circuit.reason(row.category_id) is None:
+                if category not in self.listed_categories:
+                    if await self.load_listing(row.category_id, None, key):
+                        self.listed_categories.add(category)
+                elif key not in self.people and was_evicted:
+                    # Known once, then evicted: its faces must be read again.
+                    await self.load_listing(row.category_id, row.person_id, key)
+            if self.fatal is not None:
+                return None
+        person = self.people.get(key)
+        if person is None:
+            person = self.people[key] = Person(key)
+            if was_evicted and not self.o.check_existing and self.ledger is not None:
+                # No listing to read the person back from: the ledger knows its rows.
+                for prior in self.ledger.person_rows(row.category_id, row.person_id):
+                    if prior.state != "failed":
+                        person.reserved += 1
+                        person.seen.setdefault(prior.image_url, prior.row)
+                        if prior.state == "registered" and prior.face_id:
+                            person.know(prior.image_url, prior.face_id)
+        return person
+
+    async def load_listing(
+        self, category_id: str, person_id: str | None, keep: tuple[str, str] | None
+    ) -> bool:
+        """List a library (or one person) into per-person state; False when it failed
+        (the circuit counts it; the category's rows then stop once it opens)."""
+        tries = ListingTries(self.o.budget)
+        while True:
+            try:
+                listing = await self.calls.list(category_id, person_id)
+                break
+            except NotFoundError:
+                self.circuit.success(category_id)
+                return True
+            except (AuthenticationError, RateLimiterError) as exc:
+                self._set_fatal(exc)
+                return False
+            except MtsFacesError as exc:
+                self.circuit.failure(category_id, exc)
+                if tries.spent(exc):
+                    self.circuit.open(category_id, exc, tries.tries)
+                if self.circuit.reason(category_id) is not None or self.stopping():
+                    return False
+                await self.sleep(self.o.budget.delay(tries.tries, exc, self.settler.rng))
+        self.circuit.success(category_id)
+        self._load(listing, keep)
+        return True
+
+    def _load(self, listing: CustomPersons, keep: tuple[str, str] | None) -> None:
+        for category, listed, face in listing.iter_faces():
+            key = (category.category_id.casefold(), listed.person_id.casefold())
+            person = self.people.get(key)
+            if person is None:
+                person = self.people[key] = Person(key)
+                if key != keep:
+                    self._mark_idle(person)
+            if face.image_url not in person.faces:
+                person.know(face.image_url, face.face_id)
+                person.reserved += 1
+
+    def _mark_idle(self, person: Person) -> None:
+        self.idle[person.key] = None
+        self.idle.move_to_end(person.key)
+        while len(self.idle) > self.o.max_idle_persons:
+            key, _ = self.idle.popitem(last=False)
+            gone = self.people.get(key)
+            if gone is not None and (gone.task is not None or gone.pending):
+                continue  # busy again: not idle after all
+            self.people.pop(key, None)
+            self.evicted.add(key)
+
+    # --- admission -----------------------------------------------------------------------------
+
+    async def admit(self, person: Person, row: FaceRow) -> None:
+        """Decide a row at once (skip, resumed, circuit open) or queue it for its person."""
+        url = row.image_url
+        blocked = self.circuit.reason(row.category_id)
+        prior = self.ledger.get(row.row_key) if self.ledger is not None else None
+        first = person.seen.get(url)
+        known = person.faces.get(url)
+        outcome: RowOutcome | None = None
+        if first is not None:
+            outcome = RowOutcome(
+                row,
+                "skipped",
+                face_id=known,
+                reason=f"duplicate of row {first} (same person and image URL)",
+            )
+        elif blocked is not None and prior is None:
+            outcome = RowOutcome(row, "failed", reason=f"not sent: {blocked}")
+        elif prior is not None and prior.state == "registered" and prior.face_id:
+            if known is not None or not self.o.check_existing:
+                face_id = prior.face_id if known in (None, prior.face_id) else known
+                outcome = self._resumed(person, row, face_id, prior.request_id)
+            else:
+                # The library wins: the ledger's face is gone, so it is registered again.
+                self.report.reregistered += 1
+                if self.ledger is not None:
+                    await self.ledger.forget_face(row.row_key, "gone from the library")
+                prior = None
+        elif prior is not None and prior.state in ("started", "ambiguous") and known is not None:
+            # Sent by an earlier run that never heard back; the listing shows it stored.
+            self.report.reconciled += 1
+            if self.ledger is not None:
+                await self.ledger.registered(
+                    row.row_key, row.row, row.category_id, row.person_id, url, known, None
+                )
+            outcome = self._resumed(
+                person, row, known, None, "reconciled: found stored after an interrupted run"
+            )
+        elif known is not None:
+            outcome = RowOutcome(row, "skipped", face_id=known, reason="already in the library")
+        elif person.reserved >= MAX_FACES_PER_PERSON:
+            outcome = RowOutcome(
+                row,
+                "skipped",
+                reason=f"cap: person already has {MAX_FACES_PER_PERSON} faces (library and "
+                f"earlier rows); the service allows at most {MAX_FACES_PER_PERSON} per person",
+            )
+        if outcome is not None:
+            if person.task is None and not person.pending and person.key not in self.idle:
+                self._mark_idle(person)
+            await self.emit(outcome)
+            return
+        person.reserved += 1
+        person.seen[url] = row.row
+        await self.buffered.acquire()
+        self.queued += 1
+        self.all_done.clear()
+        person.pending.append((row, prior))
+        if person.task is None:
+            person.task = asyncio.create_task(self.person_loop(person))
+
+    def _resumed(
+        self,
+        person: Person,
+        row: FaceRow,
+        face_id: str,
+        request_id: str | None,
+        reason: str | None = None,
+    ) -> RowOutcome:
+        if row.image_url not in person.faces:
+            person.reserved += 1
+        person.know(row.image_url, face_id)
+        person.seen.setdefault(row.image_url, row.row)
+        return RowOutcome(
+            row, "registered", face_id=face_id, request_id=request_id, resumed=True, reason=reason
+        )
+
+    async def person_loop(self, person: Person) -> None:
+        """Take the person's rows one at a time to their outcome."""
+        while person.pending:
+            row, prior = person.pending.popleft()
+            try:
+                if self.stopping() and prior is None:
+                    outcome = RowOutcome(row, NOT_ATTEMPTED, reason="not sent: the run stopped")
+                else:
+                    outcome = await self.settler.register_row(person, row, prior)
+            except Fatal as exc:
+                self._set_fatal(exc.error)
+                outcome = RowOutcome(row, "failed", reason=str(exc.error), error=exc.error)
+            except NotSent as exc:
+                self._set_fatal(exc.error)
+                outcome = RowOutcome(
+                    row, NOT_ATTEMPTED, reason=f"not sent: {exc.error}", error=exc.error
+                )
+            except Exception as exc:
+                # A bug, a ledger that cannot be written, an unexpected library error: the row
+                # is accounted for and the run stops and re-raises, since the same fault
+                # would hit every other row.
+                if not isinstance(exc, MtsFacesError):
+                    logger.exception("row %d: unexpected error; stopping the run", row.row)
+                self._set_fatal(exc)
+                outcome = RowOutcome(
+                    row,
+                    "failed",
+                    reason=f"in doubt: {exc}; rerun to settle",
+                    in_doubt=True,
+                    error=exc if isinstance(exc, MtsFacesError) else None,
+                )
+            if outcome.status in ("failed", NOT_ATTEMPTED) and not outcome.in_doubt:
+                person.reserved -= 1  # the slot was not used; a later row may use it
+                person.seen.pop(row.image_url, None)
+            elif outcome.status == "registered" and outcome.face_id:
+                self._note_reported(row, outcome.face_id)
+            await self.emit(outcome)
+            self.buffered.release()
+            self.queued -= 1
+            if self.queued == 0:
+                self.all_done.set()
+        person.task = None
+        self._mark_idle(person)
+
+    def _set_fatal(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self.stop()
+
+    # --- the end-of-run verification -----------------------------------------------------------
+
+    def _on_ambiguous(self, row: FaceRow, started_at: float) -> None:
+        self.report.ambiguous += 1
+        if self.ledger is not None:
+            return  # the ledger's index lists them
+        key = row.person_key
+        if key in self._ambiguous or len(self._ambiguous) < MAX_AMBIGUOUS_IN_MEMORY:
+            self._ambiguous[key] = (row.category_id, row.person_id, started_at)
+        else:
+            logger.warning(
+                "more than %d ambiguous persons: keep a ledger to verify them all",
+                MAX_AMBIGUOUS_IN_MEMORY,
+            )
+
+    def _on_reconciled(self) -> None:
+        self.report.reconciled += 1
+
+    def _note_reported(self, row: FaceRow, face_id: str) -> None:
+        if self.ledger is None and row.person_key in self._ambiguous:
+            self._reported[row.row_key] = face_id
+
+    def _ambiguous_persons(self) -> Iterable[tuple[str, str, float]]:
+        if self.ledger is not None:
+            return list(self.ledger.ambiguous_persons())
+        return list(self._ambiguous.values())
+
+    async def verify_ambiguous(self) -> None:
+        """List each person that had an ambiguous outcome after its settle deadline; repair
+        any image URL stored under several FaceIds."""
+        persons = self._ambiguous_persons()
+        for category_id, person_id, latest in persons:
+            if self.stopping():
+                return
+            wait = latest + self.o.settle - self.o.clock()
+            if wait > 0:
+                await self.sleep(wait)
+            listing = await self._list_for_verify(category_id, person_id)
+            if listing is None:
+                continue
+            key = (category_id.casefold(), person_id.casefold())
+            dups = [
+                d
+                for d in find_duplicates(listing)
+                if (d.category_id.casefold(), d.person_id.casefold()) == key
+            ]
+            if not dups:
+                continue
+            for done in await repair(self.calls, dups, self._kept_face, apply=self.o.repair):
+                self.report.add_repair(done)
+
+    async def _list_for_verify(self, category_id: str, person_id: str) -> CustomPersons | None:
+        tries = ListingTries(self.o.budget)
+        while True:
+            try:
+                return await self.calls.list(category_id, person_id)
+            except NotFoundError:
+                return None
+            except MtsFacesError as exc:
+                if tries.spent(exc) or self.stopping():
+                    logger.warning(
+                        "verify %s/%s: %d listings failed (last: %s); `mts-faces verify` "
+                        "checks it later",
+                        category_id,
+                        person_id,
+                        tries.tries,
+                        exc,
+                    )
+                    return None
+                await self.sleep(self.o.budget.delay(tries.tries, exc, self.settler.rng))
+
+    def _kept_face(self, dup: Any) -> str | None:
+        key = "\x1f".join((dup.category_id.casefold(), dup.person_id.casefold(), dup.image_url))
+        if self.ledger is not None:
+            held = self.ledger.get(key)
+            return held.face_id if held is not None else None
+        return self._reported.get(key)
+
+    # --- concurrency ---------------------------------------------------------------------------
+
+    def _target_concurrency(self, latency: float | None) -> int:
+        if self.o.concurrency is not None:
+            return self.o.concurrency
+        # Little's law: calls in flight = rate × latency; 1.5× and +4 absorb latency spread.
+        rate = self.client.current_rate or self.client.qps
+        wanted = math.ceil(rate * (latency if latency is not None else 0.1) * 1.5) + 4
+        return max(4, min(self.max_workers, wanted))
+
+    async def _observe_latency(self, seconds: float) -> None:
+        if self._latency_ewma is None:
+            self._latency_ewma = seconds
+        else:
+            self._latency_ewma += 0.1 * (seconds - self._latency_ewma)
+        target = self._target_concurrency(self._latency_ewma)
+        if target != self.gate.limit:
+            await self.gate.resize(target)
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    async def emit(self, outcome: RowOutcome) -> None:
+        """Count an outcome and hand it to the consumer (waits while the consumer is behind)."""
+        self.report.count(outcome, self.o.collect_faces)
+        await self.outcomes.put(outcome)
+        if self.o.progress is not None:
+            r = self.report
+            self.o.progress(
+                Progress(
+                    read=self.read,
+                    registered=r.registered,
+                    skipped=r.skipped,
+                    failed=r.failed,
+                    in_flight=self.calls.in_flight,
+                    elapsed=time.monotonic() - self.started,
+                    total=self.o.total,
+                    not_attempted=r.not_attempted,
+                )
+            )
+
+    async def outcomes_until_done(self) -> AsyncIterator[RowOutcome]:
+        """The outcomes, in the order they finish, until the run ends."""
+        while True:
+            item = await self.outcomes.get()
+            if item is _DONE:
+                return
+            assert isinstance(item, RowOutcome)
+            yield item
+
+    async def drain(self, supervisor: asyncio.Task[None]) -> None:
+        """Throw outcomes away until ``supervisor`` ends (the consumer has gone)."""
+        while not supervisor.done():
+            try:
+                await asyncio.wait_for(self.outcomes.get(), 0.05)
+            except TimeoutError:
+                continue
+
+
+def repairs_of(report: RegistrationReport) -> list[Repair]:
+    """The repairs a run made (for writers of outcome files)."""
+    return list(report.repairs)
+
+
+async def _aiter(
+    rows: Iterable[RowInput] | AsyncIterable[RowInput],
+) -> AsyncGenerator[RowInput, None]:
+    if isinstance(rows, AsyncIterable):
+        async for row in rows:
+            yield row
+        return
+    for count, row in enumerate(rows, 1):
+        yield row
+        if count % 256 == 0:
+            # A long run of rows that need no call must not starve the event loop.
+            await asyncio.sleep(0)
+
+
+async def _close_input(rows: Iterable[RowInput] | AsyncIterable[RowInput]) -> None:
+    aclose = getattr(rows, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(RuntimeError):  # already running: closed from inside
+            await aclose()
+        return
+    close = getattr(rows, "close", None)
+    if callable(close) and not hasattr(rows, "read"):
+        close()
