@@ -596,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
 
     add_emulate(sub)
+    from ._lifecycle_cli import add_parsers as add_lifecycle
+
+    add_lifecycle(sub)
     for command in sub.choices.values():  # every subcommand, whoever added it
         add_logging_options(command, top_level=False)
     return parser
