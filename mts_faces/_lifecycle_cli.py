@@ -8,7 +8,7 @@ import contextlib
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TextIO
 from urllib.parse import urlsplit
@@ -24,7 +24,7 @@ from .lifecycle import (
     plan,
     plan_sync,
 )
-from .manifest import ManifestEntry, read_manifest
+from .manifest import FaceRow, ManifestEntry, read_manifest
 
 
 def _cli() -> Any:
@@ -175,6 +175,12 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             return await plan_sync(planning, rows, args.category, prune=args.prune, keep=args.show)
 
     found = asyncio.run(make_plan())
+    precheck = None
+    if args.check_images:
+        problems = _run_checks((r.image_url for r in found.rows), args)
+        precheck = problems.get if problems else None
+        if problems:
+            sys.stderr.write(f"  rows with an image that fails are skipped ({len(problems):,})\n")
     _show_sync_plan(found, sys.stderr, args.show)
     if args.dry_run:
         return int(cli.EXIT_OK)
@@ -201,6 +207,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                     total=len(found.rows),
                     progress=not args.no_progress,
                     concurrency=args.concurrency,
+                    precheck=(lambda row: precheck(row.image_url)) if precheck else None,
                 )
                 renamed = await apply_renames(client, found.renames, client.tag_custom_person)
                 return removed, report, renamed
@@ -243,6 +250,93 @@ async def _removals(client: Any, found: SyncPlan, ledger_path: str | None, rebin
         return await apply_removals(client, found.removals, ledger)
     finally:
         await ledger.aclose()
+
+
+# --- image checks -----------------------------------------------------------------------------
+
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """``--check-images`` and its settings, on ``register`` and ``sync``."""
+    cli = _cli()
+    group = parser.add_argument_group("image checks (before any quota is spent)")
+    group.add_argument(
+        "--check-images",
+        action="store_true",
+        help="fetch each ImageUrl's headers first; rows whose image fails are skipped",
+    )
+    _image_settings(group, cli)
+
+
+def _image_settings(group: Any, cli: Any) -> None:
+    from .imagecheck import DEFAULT_MAX_IMAGE_BYTES
+
+    group.add_argument(
+        "--max-image-bytes",
+        type=cli.positive_int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        help="largest image accepted (default %(default)s)",
+    )
+    group.add_argument(
+        "--image-concurrency", type=cli.positive_int, default=16, help="URLs checked at once"
+    )
+    group.add_argument(
+        "--image-timeout", type=cli.non_negative, default=10.0, help="seconds per image request"
+    )
+    group.add_argument(
+        "--allow-private-images",
+        action="store_true",
+        help="accept image hosts on private or loopback addresses",
+    )
+
+
+def _image_options(args: argparse.Namespace) -> Any:
+    from .imagecheck import ImageCheckOptions
+
+    return ImageCheckOptions(
+        concurrency=args.image_concurrency,
+        timeout=args.image_timeout,
+        max_bytes=args.max_image_bytes,
+        allow_private=args.allow_private_images,
+    )
+
+
+def _run_checks(urls: Iterator[str], args: argparse.Namespace) -> dict[str, str]:
+    from .imagecheck import check_images
+
+    problems = asyncio.run(check_images(urls, _image_options(args)))
+    sys.stderr.write(f"image check: {len(problems):,} image URLs fail\n")
+    return problems
+
+
+def image_precheck(args: argparse.Namespace) -> Callable[[FaceRow], str | None] | None:
+    """With ``--check-images``: check the manifest's image URLs now (reading it once) and
+    return the precheck that skips the rows whose image failed; None without the flag."""
+    if not getattr(args, "check_images", False):
+        return None
+    if args.manifest == "-":
+        raise _cli().UsageError("--check-images reads the manifest twice: pass a file, not -")
+    if not hasattr(args, "default_category"):
+        args.default_category = getattr(args, "category", None)
+    with _manifest_entries(args) as entries:
+        urls = (e.image_url for e in entries if isinstance(e, FaceRow))
+        problems = _run_checks(urls, args)
+    return lambda row: problems.get(row.image_url)
+
+
+def _cmd_check_images(args: argparse.Namespace) -> int:
+    cli = _cli()
+    with _manifest_entries(args) as entries:
+        rows = [e for e in entries if isinstance(e, FaceRow)]
+    problems = _run_checks((r.image_url for r in rows), args)
+    failed = 0
+    for row in rows:
+        reason = problems.get(row.image_url)
+        if reason is not None:
+            failed += 1
+            record = {"row": row.row, "image_url": row.image_url, "reason": reason}
+            print(json.dumps(record, ensure_ascii=False))
+    sys.stderr.write(f"rows {len(rows):,}: {failed:,} with an image that fails\n")
+    return int(cli.EXIT_FAILED_ROWS if failed else cli.EXIT_OK)
 
 
 # --- parsers ----------------------------------------------------------------------------------
@@ -298,4 +392,14 @@ def add_parsers(sub: Any) -> None:
     syn.add_argument("--concurrency", type=cli.positive_int, help="calls in flight")
     syn.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     cli._add_client_options(syn)
+    add_image_options(syn)
     syn.set_defaults(run=_cmd_sync)
+
+    chk = sub.add_parser(
+        "check-images", help="check that the service can fetch each ImageUrl (no MTS call)"
+    )
+    chk.add_argument("manifest", help="CSV with a header, or JSON Lines; - for stdin")
+    chk.add_argument("--format", choices=("csv", "jsonl"), help="default: guessed from content")
+    chk.add_argument("--category", dest="default_category", help="CategoryId for rows without")
+    _image_settings(chk.add_argument_group("image checks"), cli)
+    chk.set_defaults(run=_cmd_check_images)

@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -36,7 +36,7 @@ from ._exceptions import AuthenticationError, MtsFacesError
 from ._http import fast_backend
 from ._progress import ProgressBar
 from .ledger import LedgerError
-from .manifest import BadRow, ManifestEntry, read_manifest, sniff_format
+from .manifest import BadRow, FaceRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -172,9 +172,11 @@ async def register_rows(
     check_existing: bool = True,
     concurrency: int | None = None,
     collect_faces: bool = False,
+    precheck: Callable[[FaceRow], str | None] | None = None,
 ) -> RegistrationReport:
     """Register ``entries``, writing one JSON line per outcome to ``output`` (and one
     ``{"event": "repair", ...}`` line per duplicate the end-of-run verification found).
+    ``precheck``: a reason it gives for a row skips it unsent (``--check-images``).
 
     Raises :class:`RunAborted` (with the report) when the ledger or the credentials fail.
     """
@@ -189,6 +191,7 @@ async def register_rows(
         check_existing=check_existing,
         concurrency=concurrency,
         collect_faces=collect_faces,
+        precheck=precheck,
     )
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -314,6 +317,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.timeout is not None:
         overrides["timeout"] = args.timeout
+    from ._lifecycle_cli import image_precheck
+
+    precheck = image_precheck(args)  # --check-images: before any quota is spent
     client = _client_from_args(args, **overrides)
     # The total only feeds the progress bar: without one, the manifest is read once.
     total = None if args.no_progress else _count_rows(args.manifest, args.format)
@@ -341,6 +347,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                     progress=not args.no_progress,
                     check_existing=not args.no_check_existing,
                     concurrency=args.concurrency,
+                    precheck=precheck,
                 )
 
         try:
@@ -555,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_client_options(reg)
+    from ._lifecycle_cli import add_image_options
+
+    add_image_options(reg)
     reg.set_defaults(run=_cmd_register)
 
     lst = sub.add_parser("list", help="list libraries, persons and faces")

@@ -213,6 +213,7 @@ class SchedulerOptions:
     total: int | None
     progress: Callable[[Progress], None] | None
     clock: Callable[[], float]
+    precheck: Callable[[FaceRow], str | None] | None = None
 
 
 _DONE = object()
@@ -314,6 +315,10 @@ class Scheduler:
                 entry = self.to_entry(item)
                 if isinstance(entry, BadRow):
                     await self.emit(RowOutcome(entry, "failed", reason=f"bad row: {entry}"))
+                    continue
+                skip = self.o.precheck(entry) if self.o.precheck is not None else None
+                if skip is not None:
+                    await self.emit(RowOutcome(entry, "skipped", reason=skip))
                     continue
                 person = await self.person_for(entry)
                 if person is None:
