@@ -33,6 +33,7 @@ class EmulatorProcess:
         jitter: float = 0.0,
         tls: bool = False,
         start_timeout: float = 30.0,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.key = AccessKey.generate()
         self._dir = tempfile.TemporaryDirectory(prefix="mts-bench-")
@@ -40,6 +41,7 @@ class EmulatorProcess:
         self._args = ["--qps", str(qps or 0), "--latency", str(latency), "--jitter", str(jitter)]
         if tls:
             self._args += ["--tls", "--ca-out", str(self.ca_file)]
+        self._args += extra_args  # e.g. --network-jitter, --rival-qps
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""

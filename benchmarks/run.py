@@ -1,6 +1,6 @@
 """Every benchmark against the emulator on loopback: one table, also written to RESULTS.md.
 
-    python -m benchmarks            # the full run (about 5 minutes on 2 cores)
+    python -m benchmarks            # the full run (about 13 minutes on 2 cores)
     python -m benchmarks --quick    # smaller sizes, a smoke test; RESULTS.md is left alone
     python -m benchmarks --only cost --only memory
 
@@ -24,6 +24,7 @@ from ._rows_emulator import emulator_rows
 from ._rows_import import import_rows
 from ._rows_ledger import ledger_rows
 from ._rows_memory import memory_rows
+from ._rows_network import network_rows
 from ._rows_quota import quota_rows
 from .shared import shared_quota_row
 
@@ -40,6 +41,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "cost": cost_rows,
     "memory": memory_rows,
     "shared": shared_rows,
+    "network": network_rows,
     "import": import_rows,
     "emulator": emulator_rows,
     "ledger": ledger_rows,

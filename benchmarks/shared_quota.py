@@ -38,8 +38,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mts_faces import MtsFaceClient, RedisWindowLimiter, WindowLimiter
-from mts_faces._limiter import DEFAULT_MARGIN, Limiter
+from mts_faces import Grant, MtsFaceClient, QuotaLimiter, RedisWindowLimiter, WindowLimiter
+from mts_faces._limiter import DEFAULT_MARGIN
 from mts_faces.emulator import Emulator, EmulatorConfig
 
 START_DELAY = 2.0  # seconds for the client processes to import and connect before the start
@@ -60,24 +60,28 @@ class ArrivalClock:
         return now
 
 
-class RecordingLimiter:
-    """Wraps a limiter and notes when each slot was granted (CLOCK_MONOTONIC, system-wide)."""
+class RecordingLimiter(QuotaLimiter):
+    """Wraps a limiter and notes when each slot was granted (CLOCK_MONOTONIC, system-wide).
 
-    def __init__(self, inner: Limiter) -> None:
+    The scope, lane and grants pass through, so the limiter learns as it would in a client.
+    """
+
+    def __init__(self, inner: QuotaLimiter) -> None:
         self.inner = inner
         self.grants: list[float] = []
         self.throttled: list[float] = []
 
-    async def acquire(self) -> None:
-        await self.inner.acquire()
+    async def acquire(self, **scope: Any) -> Grant:
+        grant = await self.inner.acquire(**scope)
         self.grants.append(time.monotonic())
+        return grant
 
-    def on_success(self) -> None:
-        self.inner.on_success()
+    def on_success(self, grant: Grant | None = None) -> None:
+        self.inner.on_success(grant)
 
-    def on_throttled(self) -> None:
+    def on_throttled(self, grant: Grant | None = None) -> None:
         self.throttled.append(time.monotonic())
-        self.inner.on_throttled()
+        self.inner.on_throttled(grant)
 
 
 # --- one client process ------------------------------------------------------------------------
@@ -85,7 +89,7 @@ class RecordingLimiter:
 
 async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Register ``args.calls`` faces from ``args.start_at`` on; report times and outcomes."""
-    inner: Limiter
+    inner: QuotaLimiter
     if args.redis_url:
         inner = RedisWindowLimiter.from_url(
             args.redis_url, key=args.key, qps=args.qps, margin=args.margin
@@ -123,6 +127,8 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "failures": failures,
         "grants": limiter.grants,
         "throttled_at": limiter.throttled,
+        "final_rate": getattr(inner, "current_rate", None),
+        "final_margin": getattr(inner, "current_margin", None),
     }
 
 
@@ -223,6 +229,8 @@ def run_phase(
         "attempts": sum(r["attempts"] for r in reports),
         "failures": _merge(r["failures"] for r in reports),
         "throttled_at_s": sorted(round(t - start, 3) for r in reports for t in r["throttled_at"]),
+        "final_rates": [r.get("final_rate") for r in reports],
+        "final_margins": [r.get("final_margin") for r in reports],
         **grant_to_arrival(grants, arrivals, int(args.qps)),
     }
     return result

@@ -14,6 +14,7 @@ from ._exceptions import (
     MissingExtraError,
     MtsFacesError,
     NotFoundError,
+    RateLimiterError,
     RequestTimeoutError,
     ResponseFormatError,
     ResponseTooLargeError,
@@ -22,7 +23,7 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
-from ._limiter import Limiter, WindowLimiter
+from ._limiter import Grant, Limiter, Priority, QuotaLimiter, WindowLimiter
 from ._models import (
     Acknowledgement,
     Category,
@@ -34,7 +35,7 @@ from ._models import (
 from ._operations import MAX_FACES_PER_PERSON, MAX_ID_LENGTH
 from ._redis_limiter import RedisWindowLimiter
 from ._retry import RetryPolicy
-from ._window import AimdPolicy
+from ._window import AimdPolicy, MarginPolicy
 
 __version__ = "0.1.0"
 
@@ -58,13 +59,18 @@ __all__ = [
     "CredentialsProvider",
     "CustomPersons",
     "Face",
+    "Grant",
     "InvalidParameterError",
     "Limiter",
+    "MarginPolicy",
     "MissingExtraError",
     "MtsFaceClient",
     "MtsFacesError",
     "NotFoundError",
     "Person",
+    "Priority",
+    "QuotaLimiter",
+    "RateLimiterError",
     "RedisWindowLimiter",
     "RegisteredFace",
     "RequestTimeoutError",

@@ -15,6 +15,7 @@ import random
 import ssl
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -31,7 +32,15 @@ from ._exceptions import (
     api_error,
 )
 from ._http import DEFAULT_MAX_RESPONSE_BYTES, Backend, HttpTransport, RawResponse
-from ._limiter import Limiter, WindowLimiter
+from ._limiter import (
+    INTERACTIVE,
+    LaneSemaphore,
+    Limiter,
+    LimiterAdapter,
+    Priority,
+    WindowLimiter,
+    check_priority,
+)
 from ._models import Acknowledgement, CustomPersons, RegisteredFace
 from ._operations import (
     API_VERSION,
@@ -121,7 +130,8 @@ class MtsFaceClient:
         allow_insecure_http: allow a plain-http ``endpoint`` off loopback.
         signature_version: 3 (ACS3-HMAC-SHA256, default) or 1 (HMAC-SHA1).
         qps: calls per second allowed by the default limiter (the account quota: 100).
-        limiter: a limiter of your own (shared, Redis-backed, ...) instead of ``qps``'s.
+        limiter: a limiter of your own (shared, Redis-backed, ``aiolimiter.AsyncLimiter``, any
+            object with ``async acquire()`` or an async context manager) instead of ``qps``'s.
         max_retries: further attempts after the first, for what is safe to retry.
         backoff_base: first backoff ceiling in seconds, doubled per retry (full jitter).
         backoff_max: the largest backoff ceiling in seconds.
@@ -156,7 +166,7 @@ class MtsFaceClient:
         allow_insecure_http: bool = False,
         signature_version: Literal[1, 3] = 3,
         qps: float = DEFAULT_QPS,
-        limiter: Limiter | None = None,
+        limiter: Limiter | AbstractAsyncContextManager[Any] | None = None,
         max_retries: int = 3,
         backoff_base: float = 0.2,
         backoff_max: float = 8.0,
@@ -187,7 +197,9 @@ class MtsFaceClient:
         self._host = urlsplit(self.endpoint).netloc
         self.signature_version = signature_version
         self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
-        self.limiter: Limiter = limiter if limiter is not None else WindowLimiter(qps)
+        self.limiter: object = limiter if limiter is not None else WindowLimiter(qps)
+        """The rate limiter as given (default: a :class:`WindowLimiter` at ``qps``)."""
+        self._limiter = LimiterAdapter(self.limiter)
         self.qps = qps
         self.max_connections = max_connections
         self.timeout = timeout
@@ -196,7 +208,8 @@ class MtsFaceClient:
         """Attempts sent so far (every retry counts): what the account quota is charged."""
         # Calls wait here for a connection *before* taking a rate slot, so a slot is never
         # spent while the call queues for the pool (that would bunch requests at the server).
-        self._slots = asyncio.Semaphore(max_connections)
+        # Bulk calls leave a few to interactive ones (see LaneSemaphore).
+        self._slots = LaneSemaphore(max_connections)
         self._transport: HttpTransport
         if transport is not None and not hasattr(transport, "handle_async_request"):
             # An object with HttpTransport's post/aclose (tests, benchmarks): used as is.
@@ -249,6 +262,7 @@ class MtsFaceClient:
         *,
         max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> RegisteredFace:
         """Register one face image for a person; never retried blindly once sent.
 
@@ -256,11 +270,13 @@ class MtsFaceClient:
         ``max_retries`` (every operation has it) overrides the client's retry count for this
         call; ``0`` leaves retrying to the caller. ``timeout`` (seconds per attempt) overrides
         the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: RegisteredFace = await self.call(
             REGISTER_CUSTOM_FACE,
             max_retries=max_retries,
             timeout=timeout,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             image_url=image_url,
@@ -276,15 +292,18 @@ class MtsFaceClient:
         *,
         max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
         """Remove a face; ``face_id="ALL"``: all the person's, ``person_id="ALL"``: the library.
 
         ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: Acknowledgement = await self.call(
             UNREGISTER_CUSTOM_FACE,
             max_retries=max_retries,
             timeout=timeout,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             face_id=face_id,
@@ -298,15 +317,18 @@ class MtsFaceClient:
         *,
         max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> CustomPersons:
         """List libraries, persons and faces, optionally narrowed to one library or person.
 
         ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: CustomPersons = await self.call(
             LIST_CUSTOM_PERSONS,
             max_retries=max_retries,
             timeout=timeout,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
         )
@@ -323,15 +345,18 @@ class MtsFaceClient:
         category_description: str | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> Acknowledgement:
         """Set the names and descriptions of a person and of its library.
 
         ``timeout`` (seconds per attempt) overrides the client's for this call.
+        ``priority``: the limiter's lane, ``"interactive"`` (default) or ``"bulk"``.
         """
         result: Acknowledgement = await self.call(
             TAG_CUSTOM_PERSON,
             max_retries=max_retries,
             timeout=timeout,
+            priority=priority,
             category_id=category_id,
             person_id=person_id,
             person_name=person_name,
@@ -349,15 +374,18 @@ class MtsFaceClient:
         *,
         max_retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
         **values: str | None,
     ) -> Any:
         """Validate, send with retries, and parse one operation; the typed methods use this.
 
         ``max_retries`` overrides the client's retry count for this call (``0``: one attempt);
         ``timeout``: total seconds per attempt for this call (default: the client's).
+        ``priority``: the limiter's lane for every attempt (``"interactive"`` or ``"bulk"``).
         """
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
+        lane = check_priority(priority)
         params = operation.build_params(values)
         limit = self.retry_policy.max_retries if max_retries is None else max_retries
         if limit < 0:
@@ -365,7 +393,7 @@ class MtsFaceClient:
         retry = 0
         while True:
             try:
-                body = await self._attempt(operation, params, retry + 1, timeout)
+                body = await self._attempt(operation, params, retry + 1, timeout, lane)
                 return operation.parse(body)
             except MtsFacesError as exc:
                 if not self._may_retry(operation, exc) or retry >= limit:
@@ -399,11 +427,17 @@ class MtsFaceClient:
         params: dict[str, str],
         attempt: int,
         timeout: float | None,  # noqa: ASYNC109 (per attempt)
+        priority: Priority = INTERACTIVE,
     ) -> dict[str, Any]:
         # Before the slots: a provider's first fetch must not hold a connection or rate slot.
         creds = await self.credentials.get_credentials()
-        async with self._slots:
-            await self.limiter.acquire()
+        async with self._slots.hold(priority):
+            grant = await self._limiter.acquire(
+                action=operation.action,
+                region=self.region_id,
+                priority=priority,
+                account=creds.access_key_id,
+            )
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
             url, headers = self._sign(operation.action, params, creds)
             self.attempts += 1
@@ -434,13 +468,10 @@ class MtsFaceClient:
             elapsed_ms,
         )
         if 200 <= response.status < 300 and isinstance(body, dict) and "Code" not in body:
-            self.limiter.on_success()
+            self._limiter.feedback(grant, throttled=False)
             return body
         error = self._api_error(body, response)
-        if isinstance(error, ThrottlingError):
-            self.limiter.on_throttled()
-        else:
-            self.limiter.on_success()
+        self._limiter.feedback(grant, throttled=isinstance(error, ThrottlingError))
         raise error
 
     def _sign(

@@ -164,6 +164,14 @@ class ResponseFormatError(MtsFacesError):
     """A success answer that does not have the documented shape."""
 
 
+class RateLimiterError(MtsFacesError):
+    """The shared rate limiter (Redis) could not be reached or refused to work.
+
+    Raised after the limiter waited ``outage_timeout`` seconds for Redis to come back; no call
+    was sent. A run should stop on it: every other call would meet the same outage.
+    """
+
+
 _BY_CODE: dict[str, type[APIError]] = {
     "MissingParameter": InvalidParameterError,
     "SignatureDoesNotMatch": AuthenticationError,

@@ -1,4 +1,14 @@
-"""The arithmetic of rate limiting, with no I/O: the exact window schedule and the AIMD rate.
+"""The arithmetic of rate limiting, with no I/O: the exact window schedule, the rate, and
+how both learn from throttling.
+
+* ``WindowSchedule``: at most ``limit`` starts in any window, evenly paced (proof below).
+* ``LearnedMargin``: the window is ``1 s + margin``; calls granted that far apart arrive at
+  least ``1 s + margin - spread`` apart, so the margin is widened when a throttle may be our
+  own bunching and settles back when calm (``MarginPolicy`` says by how much, and why).
+* ``classify``: whether a throttle can be our own bunching at all, from how full our last
+  second was (``WindowSchedule.headroom``) and how much trips vary (``RoundTrips``).
+* ``AimdRate``: the rate, cut only for competition, straight to the share our calls got
+  (``cut_to``), regained additively.
 
 Both limiters (in-process and Redis-backed) follow these rules; the Redis one runs the same
 rules inside a Lua script, so that every worker of an account shares one schedule.
@@ -68,6 +78,14 @@ class WindowSchedule:
         if len(self._log) == self.limit:
             at = max(at, self._log[0] + self.window)
         return at
+
+    def headroom(self, at: float) -> float:
+        """How much more than one second lies between ``at`` and the start ``limit`` places
+        back (infinite while fewer than ``limit`` are logged): a server second can hold
+        ``limit + 1`` of our calls only if their trips differ by more than this."""
+        if len(self._log) < self.limit:
+            return math.inf
+        return at - self._log[0] - 1.0
 
     def take(self, at: float, interval: float, extra: float = 0.0) -> None:
         """Record a start at ``at`` (``>= earliest(...)``), its window opening ``extra`` later."""
@@ -159,3 +177,169 @@ class AimdRate:
             return
         gain = policy.recovery * self.ceiling * count / self.rate
         self.rate = min(self.ceiling, self.rate + gain)
+
+    def cut_to(self, now: float, share: float | None) -> float:
+        """Cut for competition: straight to ``share`` when measured, else by ``decrease``.
+
+        ``share`` is the rate at which our calls were accepted just before the throttle: with
+        the quota full, that is what the other programs leave us, so the rate lands there at
+        once instead of after several cuts (and recovery then probes above it additively).
+        A share at or above the rate says nothing new: the rate is cut by ``decrease``.
+        Never below ``floor * ceiling``.
+        """
+        policy = self.policy or DEFAULT_AIMD
+        cut = self.rate * policy.decrease
+        target = share if share is not None and share < self.rate else cut
+        self.rate = max(self.ceiling * policy.floor, target)
+        self._cut_until = now + policy.cooldown
+        return self.rate
+
+
+# --- telling our own jitter from someone else's calls ------------------------------------------
+
+
+@attrs.frozen
+class MarginPolicy:
+    """How the window margin learns the network: widen on our own bunching, settle when calm.
+
+    The server counts a call when it *arrives*; calls granted ``1 + margin`` apart in our log
+    arrive at least ``1 + margin - spread`` apart, where ``spread`` is how much more one
+    request's trip can take than another's. So a margin at least the one-way spread can never
+    be throttled by our own calls, and a smaller one only when two trips differ by more than
+    it. The margin is therefore widened (``widen`` times, at least ``step`` more, at most
+    ``maximum``) when a throttle could be our own bunching, and settles back toward
+    ``headroom`` times the widest margin known to have throttled (that memory fading with
+    ``memory`` successes) with a time constant of ``settle`` successes. In equilibrium a
+    throttle costs ``log(widen)`` and ``settle`` successes win it back: the throttled share
+    settles near ``1 / (settle * log(widen))`` of what a fixed too-narrow margin would see.
+    """
+
+    base: float = 0.005
+    """The narrowest margin: covers the spread of a loopback (timer lateness, the pool)."""
+    maximum: float = 0.25
+    widen: float = 1.5
+    step: float = 0.01
+    headroom: float = 1.05
+    settle: float = 300.0
+    memory: float = 10_000.0
+    # Tuned on the simulated network of tests/network_sim.py (3,000 calls, 50 ± 20 ms service,
+    # 0-50 ms one-way jitter): a widening of 2 or a headroom of 1.15 overshoots and costs
+    # 0.3-0.5% of the quota; a headroom of 1.0 throttles half again as often.
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.base <= self.maximum < 1:
+            raise ValueError(
+                f"need 0 <= base <= maximum < 1 s, got base={self.base}, maximum={self.maximum}"
+            )
+        if not self.widen > 1 or not self.headroom >= 1:
+            raise ValueError("widen must be > 1 and headroom >= 1")
+        if not (self.settle > 0 and self.memory > 0 and self.step >= 0):
+            raise ValueError("settle and memory must be > 0, step >= 0")
+
+
+DEFAULT_MARGIN_POLICY = MarginPolicy()
+
+
+class LearnedMargin:
+    """The window margin now, and the evidence it rests on (see :class:`MarginPolicy`)."""
+
+    def __init__(self, policy: MarginPolicy, initial: float | None = None) -> None:
+        self.policy = policy
+        self.value = policy.base if initial is None else initial
+        self.bad = 0.0  # the widest margin at which our own bunching was throttled
+        # Where the current run of widenings started: if it turns out to have been someone
+        # else's calls (competition), the margin goes back there.
+        self._before: tuple[float, float] | None = None
+        self._calm = 0.0
+
+    def widen(self, ceiling: float) -> float:
+        """Our own calls may have bunched at the server: widen (up to ``ceiling``)."""
+        policy = self.policy
+        if self._before is None:
+            self._before = (self.value, self.bad)
+        self.bad = max(self.bad, self.value)
+        wider = max(self.value * policy.widen, self.value + policy.step)
+        self.value = min(policy.maximum, max(self.value, ceiling), wider)
+        self._calm = 0.0
+        return self.value
+
+    def undo_run(self) -> None:
+        """The widenings since the last calm spell were competition, not jitter: undo them."""
+        if self._before is not None:
+            self.value, self.bad = self._before
+            self._before = None
+
+    def calm(self, count: int = 1) -> None:
+        """``count`` calls went through unthrottled: settle toward the evidence."""
+        policy = self.policy
+        self.bad *= math.exp(-count / policy.memory)
+        target = max(policy.base, min(self.value, self.bad * policy.headroom))
+        self.value = target + (self.value - target) * math.exp(-count / policy.settle)
+        self._calm += count
+        if self._calm >= policy.settle:
+            self._before = None  # a calm spell ends a run of widenings
+
+
+class RoundTrips:
+    """Recent round-trip times: their spread bounds the one-way spread from above.
+
+    A round trip is the way out, the service's time and the way back: if these vary
+    independently, the spread of the sum is at least that of any part. So no margin wider
+    than the round trips' spread (``p95 - p5``) can be explained by jitter: a throttle that
+    persists at that margin is someone else spending the quota. ``high()`` (p95) is how long
+    answers take, so the share is measured on calls that have had time to be answered.
+    """
+
+    def __init__(self, size: int = 256, minimum: int = 32) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        self._minimum = minimum
+        self._fresh = 0
+        self._spread = math.inf
+        self._high = 0.0
+
+    def add(self, rtt: float) -> None:
+        """One round trip, in seconds."""
+        self._samples.append(rtt)
+        self._fresh += 1
+
+    def _update(self) -> None:
+        if self._fresh == 0 or len(self._samples) < self._minimum:
+            return
+        if self._fresh * 8 < len(self._samples) and math.isfinite(self._spread):
+            return  # recomputed after an eighth of the samples are new: O(1) amortised
+        ordered = sorted(self._samples)
+        n = len(ordered)
+        low, high = ordered[n * 5 // 100], ordered[min(n - 1, n * 95 // 100)]
+        self._spread, self._high, self._fresh = high - low, high, 0
+
+    def spread(self) -> float:
+        """p95 - p5 of the recent round trips (infinite until ``minimum`` are known)."""
+        self._update()
+        return self._spread
+
+    def high(self) -> float:
+        """p95 of the recent round trips (0 until ``minimum`` are known)."""
+        self._update()
+        return self._high
+
+
+JITTER = "jitter"
+COMPETITION = "competition"
+
+
+def classify(headroom: float, margin: float, spread: float, maximum: float) -> str:
+    """Whose calls filled the server's second when a call granted with ``headroom`` was throttled.
+
+    ``headroom``: how much more than one second separated this grant from ours ``limit``
+    places before it. Our own calls can only fill a server second if their trips differ by
+    more than that, and trips differ by at most ``spread`` (see :class:`RoundTrips`):
+
+    * ``headroom > min(spread, maximum)``: we could not have filled the second ourselves:
+      someone else spends the quota (competition);
+    * otherwise, while ``margin`` is below that bound: our own calls may have bunched (jitter);
+    * with the margin already as wide as the network can explain: competition.
+    """
+    bound = min(spread, maximum)
+    if headroom > bound or margin >= bound:
+        return COMPETITION
+    return JITTER

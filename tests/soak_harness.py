@@ -243,6 +243,9 @@ async def run_soak(
         hang=settings.hang,
         seed=settings.seed,
         fault_actions=settings.fault_actions,
+        # The quota is counted per action: the listing rival below has its own, so another
+        # program spends the registrations' quota inside the emulator.
+        rival_qps=settings.rival_qps,
     )
     async with Emulator(config) as emulator:
         stop = asyncio.Event()

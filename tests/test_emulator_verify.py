@@ -256,12 +256,18 @@ def test_sliding_window_counts_half_open_seconds() -> None:
     assert window.peak == 4
 
 
-def test_quota_is_per_key_and_slides() -> None:
-    quota = Quota(2)
-    assert quota.admit("a", 0.0) and quota.admit("a", 0.4)
-    assert not quota.admit("a", 0.9)  # refused calls are not charged...
-    assert quota.admit("b", 0.9)  # ...and another key has its own quota
-    assert quota.admit("a", 1.0)
-    assert not quota.admit("a", 1.3)
-    assert quota.admit("a", 1.41)
-    assert Quota(None).admit("a", 0.0)
+def test_quota_is_per_account_and_action_and_slides() -> None:
+    quota = Quota(2, {"ListCustomPersons": 1})
+    reg = "RegisterCustomFace"
+    assert quota.admit("a", reg, 0.0) and quota.admit("a", reg, 0.4)
+    assert not quota.admit("a", reg, 0.9)  # refused calls are not charged...
+    assert quota.retry_after("a", reg, 0.9) == pytest.approx(0.1)  # ...the first frees at 1.0
+    assert quota.admit("b", reg, 0.9)  # ...another account has its own quota
+    assert quota.admit("a", "ListCustomPersons", 0.9)  # ...and so has another action
+    assert not quota.admit("a", "ListCustomPersons", 0.95)  # with its own limit
+    assert quota.admit("a", reg, 1.0)
+    assert not quota.admit("a", reg, 1.3)
+    assert quota.admit("a", reg, 1.41)
+    assert quota.peak == 2
+    assert Quota(None).admit("a", reg, 0.0)
+    assert Quota(None).retry_after("a", reg, 0.0) == 0.0

@@ -308,7 +308,8 @@ def test_a_waiter_cancelled_after_release_hands_its_turn_on(
         await limiter.acquire()  # t=0: the only slot of this window
         first = loop.create_task(limiter.acquire())
         await asyncio.sleep(0)
-        target = limiter._waiters[0]
+        scope = limiter._default
+        target = scope.waiters["interactive"][0]
         second_started: list[float] = []
 
         async def second() -> None:
@@ -319,9 +320,9 @@ def test_a_waiter_cancelled_after_release_hands_its_turn_on(
         await asyncio.sleep(0)
         real_dispatch = limiter._dispatch
 
-        def dispatch_then_cancel() -> None:
-            real_dispatch()
-            if limiter._woken is target and not first.done():
+        def dispatch_then_cancel(scope_: Any) -> None:
+            real_dispatch(scope_)
+            if scope.woken is target and not first.done():
                 # Cancelled after its release, before it could resume and take the slot.
                 first.cancel()
 
@@ -357,7 +358,7 @@ async def test_a_free_slot_is_logged_after_the_work_already_queued() -> None:
     assert await caller == 5.0
     await asyncio.gather(*queued)
     # And what was logged is that resumption time: the next slot is a window after it.
-    assert limiter._schedule.earliest(5.0, 1.0) == 6.0
+    assert limiter._default.schedule.earliest(5.0, 1.0) == 6.0
 
 
 def test_ten_thousand_waiters_cost_linear_work() -> None:

@@ -23,9 +23,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
-from mts_faces import AimdPolicy, Limiter, RedisWindowLimiter
+from mts_faces import AimdPolicy, ConfigurationError, Limiter, RateLimiterError, RedisWindowLimiter
 from mts_faces._redis_limiter import MAX_DRIFT, ServerClock
 from mts_faces._window import WindowSchedule
 
@@ -34,6 +33,8 @@ pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="no redis-server binary on PATH (apt-get install redis-server)"
 )
 _keys = count()
+# Reservations however far ahead: these tests' fake sleep does not move their fake clock.
+UNBOUNDED: dict[str, Any] = {"bulk_horizon": None, "interactive_horizon": None}
 
 
 def _free_port() -> int:
@@ -161,7 +162,14 @@ async def test_acquire_sleeps_until_the_reserved_slot_and_paces_a_cold_start(
     key = new_key()
     limiters = [
         RedisWindowLimiter(
-            client, key=key, qps=100, margin=0.0, warmup=0.0, clock=fake.clock, sleep=fake.sleep
+            client,
+            key=key,
+            qps=100,
+            margin=0.0,
+            warmup=0.0,
+            clock=fake.clock,
+            sleep=fake.sleep,
+            **UNBOUNDED,
         )
         for client in workers
     ]
@@ -234,7 +242,13 @@ async def test_throttling_feedback_from_one_worker_slows_all_of_them(
     policy = AimdPolicy(decrease=0.5, recovery=0.1, floor=0.1, cooldown=1.0, threshold=2)
     one, other = (
         RedisWindowLimiter(
-            client, key=key, qps=100, adaptive=policy, clock=fake.clock, sleep=fake.sleep
+            client,
+            key=key,
+            qps=100,
+            adaptive=policy,
+            clock=fake.clock,
+            sleep=fake.sleep,
+            **UNBOUNDED,
         )
         for client in workers[:2]
     )
@@ -263,7 +277,13 @@ async def test_successes_count_when_a_batch_also_holds_a_throttle(
     fake = FakeTime()
     policy = AimdPolicy(decrease=0.5, recovery=0.1, floor=0.1, cooldown=1.0, threshold=2)
     limiter = RedisWindowLimiter(
-        workers[0], key=new_key(), qps=100, adaptive=policy, clock=fake.clock, sleep=fake.sleep
+        workers[0],
+        key=new_key(),
+        qps=100,
+        adaptive=policy,
+        clock=fake.clock,
+        sleep=fake.sleep,
+        **UNBOUNDED,
     )
     await limiter.acquire()
     limiter.on_throttled()
@@ -282,19 +302,20 @@ async def test_feedback_survives_a_failed_round_trip() -> None:
     client = Redis(
         host="127.0.0.1", port=_free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
     )
-    limiter = RedisWindowLimiter(client, key=new_key())
+    limiter = RedisWindowLimiter(client, key=new_key(), outage_timeout=0)
     limiter.on_throttled()
     limiter.on_success()
-    with pytest.raises(RedisConnectionError):
+    with pytest.raises(RateLimiterError) as caught:
         await limiter.acquire()
-    assert (limiter._successes, limiter._throttles) == (1, 1)
+    assert isinstance(caught.value.__cause__, RedisConnectionError)
+    assert (limiter._default.successes, limiter._default.throttles) == (1, 1)
     await client.aclose()
 
 
 async def test_workers_of_one_key_must_agree_on_qps(workers: list[Redis]) -> None:
     key = new_key()
     await RedisWindowLimiter(workers[0], key=key, qps=100).acquire()
-    with pytest.raises(ResponseError, match="disagree"):
+    with pytest.raises(ConfigurationError, match="disagree"):
         await RedisWindowLimiter(workers[1], key=key, qps=50).acquire()
 
 
@@ -357,7 +378,7 @@ def test_server_clock_keeps_the_tightest_round_trip_and_follows_a_step() -> None
 async def test_a_late_reply_does_not_make_its_call_late(workers: list[Redis]) -> None:
     fake = FakeTime()
     limiter = RedisWindowLimiter(
-        workers[0], key=new_key(), qps=20, margin=0.0, warmup=0.0, clock=fake.clock
+        workers[0], key=new_key(), qps=20, margin=0.0, warmup=0.0, clock=fake.clock, **UNBOUNDED
     )
     delays = iter([0.0, 0.03, 0.01, 0.05] * 10)
     slots: list[float] = []

@@ -34,6 +34,18 @@ def _actions(text: str) -> frozenset[str]:
     return names
 
 
+def _action_qps(text: str) -> tuple[str, float]:
+    action, sep, value = text.partition("=")
+    if not sep or action.strip() not in ACTIONS:
+        raise argparse.ArgumentTypeError(
+            f"expected ACTION=QPS with ACTION one of {', '.join(sorted(ACTIONS))}, got {text!r}"
+        )
+    try:
+        return action.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"QPS must be a number, got {value!r}") from None
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``emulate`` subcommand to ``subparsers`` (sets ``run``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -46,7 +58,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument(
-        "--qps", type=non_negative, default=100.0, help="calls per second per key; 0: no quota"
+        "--qps",
+        type=non_negative,
+        default=100.0,
+        help="calls/s per account and action; 0: no quota",
     )
     parser.add_argument("--max-faces", type=int, default=10, help="faces per person")
     parser.add_argument("--seed", type=int, help="seed for faults, jitter and FaceIds")
@@ -91,6 +106,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=frozenset({"RegisterCustomFace"}),
         help="comma-separated actions the faults apply to (default: RegisterCustomFace)",
     )
+    quota = parser.add_argument_group("quota scope, network and a rival program")
+    quota.add_argument(
+        "--action-qps",
+        type=_action_qps,
+        action="append",
+        default=[],
+        metavar="ACTION=QPS",
+        help="a quota of its own for one action (repeatable; others: --qps)",
+    )
+    quota.add_argument(
+        "--network-delay", type=float, default=0.0, help="one-way delay, s, before the quota"
+    )
+    quota.add_argument(
+        "--network-jitter", type=float, default=0.0, help="plus uniform 0..J s, each way"
+    )
+    quota.add_argument("--rival-qps", type=float, default=0.0, help="another program's calls/s")
+    quota.add_argument("--rival-start", type=float, default=0.0, help="s after the first call")
+    quota.add_argument("--rival-duration", type=float, help="s the rival runs (default: ever)")
+    quota.add_argument("--rival-bursty", action="store_true", help="each second's calls at once")
+    quota.add_argument(
+        "--no-retry-after",
+        dest="retry_after",
+        action="store_false",
+        help="do not send x-acs-retry-after when throttling",
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", action="store_true", help="serve https")
     tls.add_argument("--certfile", help="certificate (PEM); without it one is made on the spot")
@@ -125,6 +165,14 @@ def config_from_args(args: argparse.Namespace, key: AccessKey | None) -> Emulato
         tls=bool(args.tls or args.certfile),
         certfile=args.certfile,
         keyfile=args.keyfile,
+        action_qps=dict(args.action_qps),
+        network_delay=args.network_delay,
+        network_jitter=args.network_jitter,
+        rival_qps=args.rival_qps,
+        rival_start=args.rival_start,
+        rival_duration=args.rival_duration,
+        rival_bursty=args.rival_bursty,
+        retry_after=args.retry_after,
     )
 
 
@@ -156,7 +204,7 @@ async def _serve(config: EmulatorConfig, args: argparse.Namespace, *, from_env: 
         else:
             print(f"{ENV_ID}={emulator.key.access_key_id}")
             print(f"{ENV_SECRET}={emulator.key.access_key_secret}", flush=True)
-        quota = f"{config.qps:g} calls/s per key" if config.qps else "no quota"
+        quota = f"{config.qps:g} calls/s per account and action" if config.qps else "no quota"
         sys.stderr.write(f"emulator on {emulator.url}: {quota}; Ctrl-C to stop\n")
         sys.stderr.flush()
         await stop.wait()

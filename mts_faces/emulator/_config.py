@@ -58,6 +58,16 @@ def _key_ids(keys: Mapping[str, str]) -> str:
     return repr(sorted(keys))
 
 
+def _check_action_qps(
+    instance: object, attribute: attrs.Attribute[Any], value: Mapping[str, float]
+) -> None:
+    for action, qps in value.items():
+        if action not in ACTIONS:
+            raise ValueError(f"action_qps: unknown action {action!r}; known: {sorted(ACTIONS)}")
+        if not qps >= 1:
+            raise ValueError(f"action_qps[{action!r}] must be >= 1, got {qps}")
+
+
 @attrs.frozen(kw_only=True)
 class EmulatorConfig:
     """How the emulator listens, which keys it accepts, its quota and the faults it injects.
@@ -73,7 +83,7 @@ class EmulatorConfig:
     access_key: AccessKey | None = None
     """The main key pair; None draws a random one (see ``Emulator.key``)."""
     extra_keys: Mapping[str, str] = attrs.field(factory=dict, repr=_key_ids)
-    """More accepted pairs, AccessKeyId -> secret; each has its own quota."""
+    """More accepted pairs, AccessKeyId -> secret; each its own account (see ``accounts``)."""
     latency: float = attrs.field(default=0.0, validator=_non_negative)
     jitter: float = attrs.field(default=0.0, validator=_non_negative)
     latency_actions: frozenset[str] | None = None
@@ -109,8 +119,38 @@ class EmulatorConfig:
     """Serve https; with no ``certfile`` a CA and certificate are made on the spot."""
     certfile: str | None = None
     keyfile: str | None = None
+    # --- the quota's scope and the network in front of it -------------------------------------
+    action_qps: Mapping[str, float] = attrs.field(factory=dict, validator=_check_action_qps)
+    """Per-action quotas overriding ``qps`` (the service counts each API on its own)."""
+    accounts: Mapping[str, str] = attrs.field(factory=dict)
+    """AccessKeyId -> account name: keys of one account share its quota (a key not listed is
+    an account of its own)."""
+    network_delay: float = attrs.field(default=0.0, validator=_non_negative)
+    """One-way network delay in seconds, each way; on the way in it comes *before* the quota
+    gate, so the gate counts arrivals, not sends."""
+    network_jitter: float = attrs.field(default=0.0, validator=_non_negative)
+    """Plus uniform 0..``network_jitter`` s, drawn per request and per direction (seeded):
+    requests sent in one order arrive reordered and bunched."""
+    rival_qps: float = attrs.field(default=0.0, validator=_non_negative)
+    """Another program spending this many calls/s of ``rival_key``'s account quota."""
+    rival_start: float = attrs.field(default=0.0, validator=_non_negative)
+    """Seconds after the first request when the rival starts."""
+    rival_duration: float | None = None
+    """Seconds the rival runs (None: until the emulator stops)."""
+    rival_bursty: bool = False
+    """Bursty rival: each second's calls all at once; else evenly paced."""
+    rival_key: str | None = None
+    """AccessKeyId whose account the rival spends (None: the main key's)."""
+    rival_action: str = REGISTER_CUSTOM_FACE
+    """The action whose quota the rival spends."""
+    retry_after: bool = True
+    """Send ``x-acs-retry-after`` (milliseconds until the quota frees a slot) when throttling."""
 
     def __attrs_post_init__(self) -> None:
+        if self.rival_action not in ACTIONS:
+            raise ValueError(f"rival_action: unknown action {self.rival_action!r}")
+        if self.rival_duration is not None and self.rival_duration < 0:
+            raise ValueError(f"rival_duration must be >= 0, got {self.rival_duration}")
         faults = self.fault_total
         if faults > 1.0 + 1e-9:
             raise ValueError(f"the fault rates add up to {faults:g}, more than 1")

@@ -47,7 +47,9 @@ class Emulator:
         self.key: AccessKey = config.access_key or AccessKey.generate()
         """The key pair the emulator accepts (besides ``config.extra_keys``)."""
         keys = {**config.extra_keys, self.key.access_key_id: self.key.access_key_secret}
-        self._service = Service(config, keys, clock=clock, wall_clock=wall_clock)
+        self._service = Service(
+            config, keys, clock=clock, wall_clock=wall_clock, main_key_id=self.key.access_key_id
+        )
         self._server = HttpServer(self._service, max_body=config.max_body)
         self._tls: TlsMaterial | None = None
         self._port: int | None = None

@@ -100,9 +100,12 @@ class HttpServer:
 
 
 async def _finish_later(deferred: Deferred) -> Outcome:
-    if deferred.delay > 0:
-        await asyncio.sleep(deferred.delay)
-    return deferred.finish()
+    outcome: Outcome | Deferred = deferred
+    while isinstance(outcome, Deferred):  # the network's delay, then the service's
+        if outcome.delay > 0:
+            await asyncio.sleep(outcome.delay)
+        outcome = outcome.finish()
+    return outcome
 
 
 def _response(reply: Reply) -> web.Response:
@@ -111,7 +114,11 @@ def _response(reply: Reply) -> web.Response:
     return web.Response(
         status=reply.status,
         body=reply.body,
-        headers={"content-type": JSON_CONTENT_TYPE, "x-acs-request-id": reply.request_id},
+        headers={
+            "content-type": JSON_CONTENT_TYPE,
+            "x-acs-request-id": reply.request_id,
+            **dict(reply.headers),
+        },
     )
 
 

@@ -27,7 +27,7 @@ from ._config import ACTIONS, LIST_CUSTOM_PERSONS, REGISTER_CUSTOM_FACE, Emulato
 from ._library import Library
 from ._stats import EmulatorStats, StatsRecorder
 from ._verify import API_VERSION, NonceCache, SignedRequest, Verifier, decode_params
-from ._window import Quota
+from ._window import Quota, Rival, retry_after_ms
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 JSON_CONTENT_TYPE = "application/json;charset=utf-8"
@@ -51,6 +51,8 @@ class Reply:
     status: int
     body: bytes
     request_id: str
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra response headers (``x-acs-retry-after`` on throttling)."""
 
 
 @attrs.frozen
@@ -70,10 +72,10 @@ Outcome = Reply | Drop | Hang
 
 @attrs.frozen
 class Deferred:
-    """Wait ``delay`` seconds, then call ``finish`` for the outcome."""
+    """Wait ``delay`` seconds, then call ``finish`` for the outcome (which may defer again)."""
 
     delay: float
-    finish: Callable[[], Outcome]
+    finish: Callable[[], Outcome | Deferred]
 
 
 class Service:
@@ -86,12 +88,23 @@ class Service:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        main_key_id: str | None = None,
     ) -> None:
         self.config = config
         self.library = Library(config.max_faces_per_person)
         self.nonces = NonceCache(config.nonce_ttl, config.max_nonces)
         self._verifier = Verifier(keys, tolerance=config.timestamp_tolerance, nonces=self.nonces)
-        self._quota = Quota(None if config.qps is None else int(config.qps))
+        self._quota = Quota(
+            None if config.qps is None else int(config.qps),
+            {action: int(qps) for action, qps in config.action_qps.items()},
+        )
+        self._rival: Rival | None = None
+        if config.rival_qps > 0:
+            self._rival = Rival(
+                config.rival_qps, config.rival_start, config.rival_duration, config.rival_bursty
+            )
+        rival_key = config.rival_key or main_key_id or ""
+        self._rival_account = config.accounts.get(rival_key, rival_key)
         self._stats = StatsRecorder()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -100,6 +113,7 @@ class Service:
         self._fault_rng = random.Random(None if seed is None else f"{seed}:faults")
         self._latency_rng = random.Random(None if seed is None else f"{seed}:latency")
         self._face_rng = random.Random(None if seed is None else f"{seed}:faces")
+        self._network_rng = random.Random(None if seed is None else f"{seed}:network")
         self._late_rng = random.Random(None if seed is None else f"{seed}:late")
         self._malformed_rng = random.Random(None if seed is None else f"{seed}:malformed")
         self._host_id = config.host
@@ -109,22 +123,41 @@ class Service:
     @property
     def stats(self) -> EmulatorStats:
         """A snapshot of the counters."""
-        return self._stats.snapshot(self.library.face_count)
+        rival = self._rival
+        return attrs.evolve(
+            self._stats.snapshot(self.library.face_count),
+            max_window_quota=self._quota.peak,
+            rival_accepted=rival.accepted if rival else 0,
+            rival_throttled=rival.throttled if rival else 0,
+        )
 
     def reset_stats(self) -> None:
         """Zero the counters (the library, quota windows and nonces stay)."""
         self._stats.reset()
+        self._quota.reset_peaks()
+        if self._rival is not None:
+            self._rival.accepted = self._rival.throttled = 0
 
     # --- one request ---------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Outcome | Deferred:
-        """Check ``request`` and answer it, now or after the emulated latency."""
+        """Check ``request`` and answer it, now or after the emulated network and latency.
+
+        With a network model the request first travels ``network_delay`` + jitter, and only
+        then reaches the checks and the quota gate; its answer travels back likewise.
+        """
+        inbound, outbound = self._draw_network()
+        if inbound > 0:
+            return Deferred(inbound, functools.partial(self._arrive, request, outbound))
+        return self._arrive(request, outbound)
+
+    def _arrive(self, request: Request, outbound: float) -> Outcome | Deferred:
         now = self._clock()
         stats = self._stats
         stats.arrived(now)
         request_id = str(uuid.uuid4()).upper()
         host_id = self._host_id
-        throttled = False
+        throttled: Reply | None = None
         try:
             signed = self._parse(request)
             host_id = signed.header("host") or host_id
@@ -143,26 +176,47 @@ class Service:
                 raise errors.missing_parameter("Version")
             if identity.version != API_VERSION:
                 raise errors.BAD_VERSION
-            if not self._quota.admit(identity.access_key_id, now):
-                throttled = True
-                stats.throttled += 1
-                raise errors.THROTTLED
-            stats.admitted(now)
-            params = {**signed.form, **signed.query}
-            validate(action, params)
+            throttled = self._gate(identity.access_key_id, action, now, request_id, host_id)
+            if throttled is None:
+                stats.admitted(now)
+                params = {**signed.form, **signed.query}
+                validate(action, params)
         except errors.ServiceError as exc:
-            if not throttled:
-                stats.rejected += 1
-            return self.error_reply(exc, request_id, host_id)
+            stats.rejected += 1
+            return _after(outbound, self.error_reply(exc, request_id, host_id))
+        if throttled is not None:
+            return _after(outbound, throttled)
         late = self._late_commit(action, params, request_id, host_id)
         if late is not None:
-            return late
+            return attrs.evolve(late, delay=late.delay + outbound)  # and the way back
         fault = self._draw_fault(action)
-        delay = self._draw_latency(action)
+        delay = self._draw_latency(action) + outbound
         if fault is None and delay == 0:
             return self._run(action, params, request_id, host_id)
         finish = functools.partial(self._finish, action, params, request_id, host_id, fault)
         return Deferred(delay, finish)
+
+    def _gate(
+        self, key_id: str, action: str, now: float, request_id: str, host_id: str
+    ) -> Reply | None:
+        """The quota of (account, action) at arrival time ``now``: None, or the throttle."""
+        account = self.config.accounts.get(key_id, key_id)
+        rival = self._rival
+        if rival is not None:
+            for at in rival.due(now):
+                if self._quota.admit(self._rival_account, self.config.rival_action, at):
+                    rival.accepted += 1
+                else:
+                    rival.throttled += 1
+        if self._quota.admit(account, action, now):
+            return None
+        self._stats.throttled += 1
+        headers: tuple[tuple[str, str], ...] = ()
+        if self.config.retry_after:
+            wait = self._quota.retry_after(account, action, now)
+            headers = (("x-acs-retry-after", str(retry_after_ms(wait))),)
+        reply = self.error_reply(errors.THROTTLED, request_id, host_id)
+        return attrs.evolve(reply, headers=headers)
 
     def error_reply(
         self, error: errors.ServiceError, request_id: str | None = None, host_id: str | None = None
@@ -221,6 +275,16 @@ class Service:
             draw -= rate
         return None
 
+    def _draw_network(self) -> tuple[float, float]:
+        """One-way delays (in, out) of one request: ``network_delay`` + uniform jitter each."""
+        config = self.config
+        if config.network_delay == 0 and config.network_jitter == 0:
+            return 0.0, 0.0
+        rng, jitter = self._network_rng, config.network_jitter
+        inbound = config.network_delay + (rng.uniform(0, jitter) if jitter else 0.0)
+        outbound = config.network_delay + (rng.uniform(0, jitter) if jitter else 0.0)
+        return inbound, outbound
+
     def _late_commit(
         self, action: str, params: dict[str, str], request_id: str, host_id: str
     ) -> Deferred | None:
@@ -273,7 +337,7 @@ class Service:
 
     def _finish(
         self, action: str, params: dict[str, str], request_id: str, host_id: str, fault: str | None
-    ) -> Outcome:
+    ) -> Outcome | Deferred:
         if fault is None:
             return self._run(action, params, request_id, host_id)
         self._stats.faults[fault] += 1
@@ -300,6 +364,13 @@ class Service:
 
     def _new_face_id(self) -> str:
         return f"{self._face_rng.getrandbits(128):032x}"
+
+
+def _after(delay: float, outcome: Outcome) -> Outcome | Deferred:
+    """``outcome``, sent back over a network that takes ``delay`` seconds."""
+    if delay <= 0:
+        return outcome
+    return Deferred(delay, lambda: outcome)
 
 
 def _json(body: Mapping[str, Any]) -> bytes:

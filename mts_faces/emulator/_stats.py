@@ -44,6 +44,13 @@ class EmulatorStats:
     max_window_accepted: int
     max_window_arrivals: int
     faces_stored: int
+    max_window_quota: int = 0
+    """The most calls accepted in any one second of one (account, action) quota, the rival's
+    calls included: never more than that quota's limit."""
+    rival_accepted: int = 0
+    """Calls of the emulated rival program the quota accepted."""
+    rival_throttled: int = 0
+    """Calls of the emulated rival program the quota turned away."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every figure."""
