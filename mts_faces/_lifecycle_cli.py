@@ -25,6 +25,7 @@ from .lifecycle import (
     plan_sync,
 )
 from .manifest import FaceRow, ManifestEntry, read_manifest
+from .shards import Shard
 
 
 def _cli() -> Any:
@@ -167,7 +168,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         overrides["timeout"] = args.timeout
 
     with _manifest_entries(args) as entries:
-        rows = list(entries)
+        rows = list(shard_rows(args, entries))
     planning = cli._client_from_args(args, **overrides)
 
     async def make_plan() -> SyncPlan:
@@ -188,7 +189,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         sys.stderr.write("nothing done\n")
         return int(cli.EXIT_OK)
 
-    client = cli._client_from_args(args, **overrides)
+    client = cli._client_from_args(args, **overrides, **limiter_overrides(args))
     with contextlib.ExitStack() as files:
         output: TextIO = sys.stdout
         if args.output != "-":
@@ -210,7 +211,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                     precheck=(lambda row: precheck(row.image_url)) if precheck else None,
                 )
                 renamed = await apply_renames(client, found.renames, client.tag_custom_person)
-                return removed, report, renamed
+            await close_limiter(client)
+            return removed, report, renamed
 
         try:
             removed, report, (renamed, rename_failures) = asyncio.run(apply())
@@ -339,6 +341,68 @@ def _cmd_check_images(args: argparse.Namespace) -> int:
     return int(cli.EXIT_FAILED_ROWS if failed else cli.EXIT_OK)
 
 
+# --- shards -----------------------------------------------------------------------------------
+
+
+def _shard_type(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_shard_options(parser: argparse.ArgumentParser) -> None:
+    """``--shard K/N``, ``--redis URL`` and ``--redis-key``, on ``register`` and ``sync``."""
+    group = parser.add_argument_group("shards (one job over several processes or machines)")
+    group.add_argument(
+        "--shard",
+        type=_shard_type,
+        metavar="K/N",
+        help="take only the persons that hash to shard K of N (each shard its own ledger)",
+    )
+    group.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the quota (--qps) with every process using this Redis (redis://host:port/db)",
+    )
+    group.add_argument(
+        "--redis-key",
+        default="mts-faces:quota",
+        help="name of the shared quota's keys in Redis (default %(default)s)",
+    )
+
+
+def shard_suffix(args: argparse.Namespace) -> str:
+    """What the default ledger's name gains for a shard (``.shard-2-of-4``), else nothing."""
+    shard: Shard | None = getattr(args, "shard", None)
+    return "" if shard is None else f".shard-{shard.index}-of-{shard.count}"
+
+
+def shard_rows(
+    args: argparse.Namespace, entries: Iterator[ManifestEntry]
+) -> Iterator[ManifestEntry]:
+    """The entries of ``--shard`` (all of them without it)."""
+    shard: Shard | None = getattr(args, "shard", None)
+    return entries if shard is None else shard.rows(entries)
+
+
+def limiter_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--redis``: the client's limiter, shared through Redis at ``--qps``."""
+    url = getattr(args, "redis", None)
+    if not url:
+        return {}
+    from ._redis_limiter import RedisWindowLimiter
+
+    return {"limiter": RedisWindowLimiter.from_url(url, key=args.redis_key, qps=args.qps)}
+
+
+async def close_limiter(client: Any) -> None:
+    """Close a limiter the command opened (``--redis``)."""
+    aclose = getattr(client.limiter, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 # --- parsers ----------------------------------------------------------------------------------
 
 
@@ -393,6 +457,7 @@ def add_parsers(sub: Any) -> None:
     syn.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     cli._add_client_options(syn)
     add_image_options(syn)
+    add_shard_options(syn)
     syn.set_defaults(run=_cmd_sync)
 
     chk = sub.add_parser(

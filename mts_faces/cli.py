@@ -278,7 +278,9 @@ def _ledger_path(args: argparse.Namespace) -> str | None:
             "reading stdin: name a ledger with --ledger PATH (so that the job can be "
             "resumed), or pass --no-ledger"
         )
-    return str(args.manifest) + LEDGER_SUFFIX
+    from ._lifecycle_cli import shard_suffix
+
+    return str(args.manifest) + shard_suffix(args) + LEDGER_SUFFIX
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -317,12 +319,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.timeout is not None:
         overrides["timeout"] = args.timeout
-    from ._lifecycle_cli import image_precheck
+    from ._lifecycle_cli import close_limiter, image_precheck, limiter_overrides, shard_rows
 
     precheck = image_precheck(args)  # --check-images: before any quota is spent
-    client = _client_from_args(args, **overrides)
+    client = _client_from_args(args, **overrides, **limiter_overrides(args))
     # The total only feeds the progress bar: without one, the manifest is read once.
-    total = None if args.no_progress else _count_rows(args.manifest, args.format)
+    total = None if args.no_progress or args.shard else _count_rows(args.manifest, args.format)
     with contextlib.ExitStack() as files:
         stream = _open_manifest(args.manifest)
         if stream is not sys.stdin.buffer:
@@ -331,11 +333,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if args.output != "-":
             output = files.enter_context(open(args.output, "w", encoding="utf-8"))
         entries = read_manifest(stream, fmt=args.format, default_category=args.category)
+        entries = shard_rows(args, entries)  # --shard K/N
         if args.strict:
             entries = _strict(entries)
 
         async def main() -> RegistrationReport:
-            async with client:
+            async with client, contextlib.AsyncExitStack() as closing:
+                closing.push_async_callback(close_limiter, client)
                 return await register_rows(
                     client,
                     entries,
@@ -562,9 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_client_options(reg)
-    from ._lifecycle_cli import add_image_options
+    from ._lifecycle_cli import add_image_options, add_shard_options
 
     add_image_options(reg)
+    add_shard_options(reg)
     reg.set_defaults(run=_cmd_register)
 
     lst = sub.add_parser("list", help="list libraries, persons and faces")

@@ -28,6 +28,7 @@ from .ledger import Ledger, LedgerReader, LedgerRow
 from .manifest import BadRow, FaceRow, ManifestEntry
 from .reconcile import RegistrarClient
 from .scheduler import Person, decide_admission
+from .shards import Shard
 
 logger = logging.getLogger("mts_faces.lifecycle")
 
@@ -275,9 +276,12 @@ async def plan_sync(
     *,
     prune: bool = False,
     keep: int = 5,
+    shard: Shard | None = None,
 ) -> SyncPlan:
     """What making the libraries ``categories`` match ``entries`` takes (reads the manifest
-    into memory and lists each library once; changes nothing)."""
+    into memory and lists each library once; changes nothing). With ``shard``, only the
+    persons of that shard are considered (``entries`` should hold that shard's rows): the
+    other shards' persons are neither pruned nor renamed."""
     wanted = tuple(dict.fromkeys(categories))
     folded = {c.casefold() for c in wanted}
     rows: list[FaceRow] = []
@@ -307,6 +311,8 @@ async def plan_sync(
         for category in listing.categories:
             for person in category.persons:
                 key = (category.category_id.casefold(), person.person_id.casefold())
+                if shard is not None and not shard.holds(category.category_id, person.person_id):
+                    continue
                 if key not in persons:
                     if prune:
                         removals.append(Removal(category.category_id, person.person_id, "ALL"))
