@@ -26,6 +26,7 @@ from ._rows_ledger import ledger_rows
 from ._rows_memory import memory_rows
 from ._rows_network import network_rows
 from ._rows_quota import quota_rows
+from ._rows_shards import shard_rows
 from .shared import shared_quota_row
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -45,6 +46,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "import": import_rows,
     "emulator": emulator_rows,
     "ledger": ledger_rows,
+    "shards": shard_rows,
 }
 
 
