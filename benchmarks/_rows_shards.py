@@ -27,7 +27,8 @@ def shard_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     measured = (
         f"{r['rows']:,} rows in {r['seconds']:.1f} s (process start included): "
         f"{r['registrations_per_second']:.1f} faces/s = {r['quota_use']:.1%} of {r['qps']:g} "
-        f"qps; throttled {r['throttled']}; most in any second {r['max_window']}; "
+        f"qps; throttled {r['throttled']}; most in any second {r['max_window']} "
+        f"(all actions {r['max_window_all_actions']}); "
         f"stored {r['faces_stored']:,}"
     )
     ok = r["max_window"] <= r["qps"] and r["faces_stored"] == r["rows"]
