@@ -359,8 +359,8 @@ class RemovalReport:
 async def apply_removals(
     client: RegistrarClient, removals: Iterable[Removal], ledger: Ledger | None
 ) -> RemovalReport:
-    """Unregister each removal, one at a time, each recorded in ``ledger`` (durable before
-    it is sent, finished after)."""
+    """Unregister each removal, one at a time in the limiter's bulk lane, each recorded in
+    ``ledger`` (durable before it is sent, finished after)."""
     report = RemovalReport()
     for removal in removals:
         if ledger is not None:
@@ -373,7 +373,7 @@ async def apply_removals(
             )
         try:
             await client.unregister_custom_face(
-                removal.category_id, removal.person_id, removal.face_id
+                removal.category_id, removal.person_id, removal.face_id, priority="bulk"
             )
         except NotFoundError:
             report.already_gone += 1

@@ -38,6 +38,7 @@ from ._exceptions import (
     ThrottlingError,
     TransportError,
 )
+from ._limiter import BULK, Priority
 from ._models import Acknowledgement, CustomPersons, Face, RegisteredFace
 from ._outcomes import NOT_ATTEMPTED, Repair, RowOutcome
 from .manifest import FaceRow
@@ -87,10 +88,17 @@ class RegistrarClient(Protocol):
         person_name: str | None = None,
         *,
         max_retries: int | None = None,
+        priority: Priority = "interactive",
     ) -> RegisteredFace: ...
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str, *, max_retries: int | None = None
+        self,
+        category_id: str,
+        person_id: str,
+        face_id: str,
+        *,
+        max_retries: int | None = None,
+        priority: Priority = "interactive",
     ) -> Acknowledgement: ...
 
     async def list_custom_persons(
@@ -99,6 +107,7 @@ class RegistrarClient(Protocol):
         person_id: str | None = None,
         *,
         max_retries: int | None = None,
+        priority: Priority = "interactive",
     ) -> CustomPersons: ...
 
 
@@ -235,8 +244,9 @@ class ServiceCalls:
     """The registrar's only door to the service: every call takes a slot of ``gate`` and is
     made with ``max_retries=0`` (retries are this module's decision).
 
-    The call options live in :meth:`_options`, one place for every operation (a priority
-    class for bulk traffic belongs there too).
+    The call options live in :meth:`_options`, one place for every operation: no client
+    retries, and the limiter's ``bulk`` lane (an interactive call of the same account, in
+    this process or, through a shared limiter, another, goes first).
     """
 
     def __init__(
@@ -252,7 +262,7 @@ class ServiceCalls:
 
     @staticmethod
     def _options() -> dict[str, Any]:
-        return {"max_retries": 0}
+        return {"max_retries": 0, "priority": BULK}
 
     async def register(self, row: FaceRow) -> RegisteredFace:
         """One RegisterCustomFace attempt for ``row``."""

@@ -48,6 +48,7 @@ class FakeClient:
         self.fault = fault
         self.max_in_flight_per_person = 0
         self._in_flight: dict[tuple[str, str], int] = {}
+        self.priorities: dict[str, int] = {}  # RegisterCustomFace calls by limiter lane
 
     def _count(self, action: str) -> str | None:
         self.attempts += 1
@@ -62,7 +63,9 @@ class FakeClient:
         person_name: str | None = None,
         *,
         max_retries: int | None = None,
+        priority: str = "interactive",
     ) -> RegisteredFace:
+        self.priorities[priority] = self.priorities.get(priority, 0) + 1
         key = (category_id.casefold(), person_id.casefold())
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         self.max_in_flight_per_person = max(self.max_in_flight_per_person, self._in_flight[key])
@@ -97,6 +100,7 @@ class FakeClient:
         person_id: str | None = None,
         *,
         max_retries: int | None = None,
+        priority: str = "interactive",
     ) -> CustomPersons:
         fault = self._count("ListCustomPersons")
         if fault == "list-fails":
@@ -117,7 +121,13 @@ class FakeClient:
         )
 
     async def unregister_custom_face(
-        self, category_id: str, person_id: str, face_id: str, *, max_retries: int | None = None
+        self,
+        category_id: str,
+        person_id: str,
+        face_id: str,
+        *,
+        max_retries: int | None = None,
+        priority: str = "interactive",
     ) -> Acknowledgement:
         self._count("UnregisterCustomFace")
         key = (category_id.casefold(), person_id.casefold())

@@ -44,6 +44,7 @@ async def test_every_row_registered_and_face_ids_collected() -> None:
     assert (report.rows, report.registered, report.skipped, report.failed) == (300, 300, 0, 0)
     assert sum(len(v) for v in report.faces.values()) == 300
     assert client.max_in_flight_per_person == 1
+    assert client.priorities == {"bulk": 300}  # the limiter's bulk lane, every call
 
 
 async def test_cap_counts_input_and_existing_faces_case_insensitively() -> None:
