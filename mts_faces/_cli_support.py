@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from ._credentials import AlibabaCloudCredentials
 from ._extras import missing_module_message
+from ._window import MAX_QPS, call_limit
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -38,10 +39,14 @@ def positive_int(text: str) -> int:
 
 
 def at_least_one(text: str) -> float:
-    """An argparse type: a finite number >= 1 (a rate in calls per second)."""
+    """An argparse type: a rate in calls per second, as the limiters take it."""
     value = _number(text, float)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    try:
+        call_limit(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 1 to {MAX_QPS:,}, got {text}"
+        ) from None
     return value
 
 

@@ -58,6 +58,7 @@ from ._signing import (
     v1_signature,
     v3_authorization,
 )
+from ._window import call_limit
 
 if TYPE_CHECKING:
     import httpx
@@ -183,8 +184,10 @@ class MtsFaceClient:
             raise ConfigurationError(f"signature_version must be 1 or 3, got {signature_version!r}")
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
-        if not qps >= 1:
-            raise ConfigurationError(f"qps must be >= 1, got {qps}")
+        try:
+            call_limit(qps)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
         self.credentials = resolve_credentials(
             access_key_id, access_key_secret, security_token, credentials
         )

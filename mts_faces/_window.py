@@ -33,10 +33,18 @@ def pacing_tolerance(interval: float) -> float:
     return max(interval / 2, MIN_TOLERANCE)
 
 
+MAX_QPS = 1_000_000
+"""The largest rate a limiter takes: its log holds one start time per call of a window."""
+
+
 def call_limit(qps: float) -> int:
-    """Calls allowed in one window: a quota of ``qps`` per second admits ``floor(qps)``."""
-    if not math.isfinite(qps) or qps < 1:
-        raise ValueError(f"qps must be a finite number >= 1, got {qps!r}")
+    """Calls allowed in one window: a quota of ``qps`` per second admits ``floor(qps)``.
+
+    The one check of a rate, for the client, the limiters and the command line: a finite
+    number from 1 to :data:`MAX_QPS`.
+    """
+    if not (math.isfinite(qps) and 1 <= qps <= MAX_QPS):
+        raise ValueError(f"qps must be a finite number from 1 to {MAX_QPS:,}, got {qps!r}")
     return math.floor(qps)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -308,6 +309,19 @@ class UsageError(MtsFacesError, ValueError):
     """A command line that cannot run as given."""
 
 
+def _whole_file_checked(path: str, entries: Iterator[ManifestEntry]) -> Iterator[ManifestEntry]:
+    """``entries``, once its first one shows the file can be read at all: a file that is
+    empty, binary (an XLSX workbook, a PDF ...) or has no usable header is refused as a whole
+    (a usage error), before any client, ledger or output file is set up."""
+    first = next(entries, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, BadRow) and first.row == 0:
+        where = first.reason if first.line is None else str(first)
+        raise UsageError(f"manifest {path}: {where}")
+    return itertools.chain((first,), entries)
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     if args.journal:
         raise UsageError(
@@ -321,21 +335,23 @@ def _cmd_register(args: argparse.Namespace) -> int:
         overrides["timeout"] = args.timeout
     from ._lifecycle_cli import close_limiter, image_precheck, limiter_overrides, shard_rows
 
-    precheck = image_precheck(args)  # --check-images: before any quota is spent
-    client = _client_from_args(args, **overrides, **limiter_overrides(args))
-    # The total only feeds the progress bar: without one, the manifest is read once.
-    total = None if args.no_progress or args.shard else _count_rows(args.manifest, args.format)
     with contextlib.ExitStack() as files:
         stream = _open_manifest(args.manifest)
         if stream is not sys.stdin.buffer:
             files.callback(stream.close)
-        output: TextIO = sys.stdout
-        if args.output != "-":
-            output = files.enter_context(open(args.output, "w", encoding="utf-8"))
-        entries = read_manifest(stream, fmt=args.format, default_category=args.category)
+        entries = _whole_file_checked(
+            args.manifest, read_manifest(stream, fmt=args.format, default_category=args.category)
+        )
         entries = shard_rows(args, entries)  # --shard K/N
         if args.strict:
             entries = _strict(entries)
+        precheck = image_precheck(args)  # --check-images: before any quota is spent
+        client = _client_from_args(args, **overrides, **limiter_overrides(args))
+        # The total only feeds the progress bar: without one, the manifest is read once.
+        total = None if args.no_progress or args.shard else _count_rows(args.manifest, args.format)
+        output: TextIO = sys.stdout
+        if args.output != "-":
+            output = files.enter_context(open(args.output, "w", encoding="utf-8"))
 
         async def main() -> RegistrationReport:
             async with client, contextlib.AsyncExitStack() as closing:

@@ -161,6 +161,11 @@ _Line = tuple[int, str | None, str | None]
 _REPLACEMENT = "\ufffd"
 
 
+class _FileProblem(str):
+    """A problem of the file as a whole (binary, UTF-16), found on its first line: no row of
+    it can be read, whatever its format."""
+
+
 def _lines(stream: Readable) -> Iterator[_Line]:
     """Each physical line of ``stream``, decoded, or the reason it cannot be."""
     number = 0
@@ -178,10 +183,14 @@ def _lines(stream: Readable) -> Iterator[_Line]:
             kind = sniff_binary(raw)
             if kind is not None:
                 # Not text: say what it is, and read no further (its "lines" mean nothing).
-                yield number, None, f"the file is {kind}, not CSV or JSON Lines; {_SAVE_AS}"
+                yield (
+                    number,
+                    None,
+                    _FileProblem(f"the file is {kind}, not CSV or JSON Lines; {_SAVE_AS}"),
+                )
                 return
             if raw.startswith(_UTF16_BOMS):
-                yield number, None, "the file is UTF-16 encoded; save it as UTF-8"
+                yield number, None, _FileProblem("the file is UTF-16 encoded; save it as UTF-8")
                 continue
             if raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]  # a UTF-8 byte-order mark, as spreadsheet programs write
@@ -231,6 +240,9 @@ def read_jsonl(stream: Readable, default_category: str | None = None) -> Iterato
     for number, text, problem in _lines(stream):
         if text is not None and not text.strip():
             continue
+        if isinstance(problem, _FileProblem):
+            yield BadRow(0, problem, line=number)  # the file as a whole, as for CSV
+            return
         row += 1
         if problem is not None or text is None:
             lossy, _ = _json_record(text.strip()) if text is not None else (None, None)

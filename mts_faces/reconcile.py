@@ -35,6 +35,7 @@ from ._exceptions import (
     AuthenticationError,
     MtsFacesError,
     NotFoundError,
+    RateLimiterError,
     ThrottlingError,
     TransportError,
 )
@@ -88,7 +89,7 @@ class RegistrarClient(Protocol):
         person_name: str | None = None,
         *,
         max_retries: int | None = None,
-        priority: Priority = "interactive",
+        priority: Priority = ...,
     ) -> RegisteredFace: ...
 
     async def unregister_custom_face(
@@ -98,7 +99,7 @@ class RegistrarClient(Protocol):
         face_id: str,
         *,
         max_retries: int | None = None,
-        priority: Priority = "interactive",
+        priority: Priority = ...,
     ) -> Acknowledgement: ...
 
     async def list_custom_persons(
@@ -107,7 +108,7 @@ class RegistrarClient(Protocol):
         person_id: str | None = None,
         *,
         max_retries: int | None = None,
-        priority: Priority = "interactive",
+        priority: Priority = ...,
     ) -> CustomPersons: ...
 
 
@@ -245,8 +246,7 @@ class ServiceCalls:
     made with ``max_retries=0`` (retries are this module's decision).
 
     The call options live in :meth:`_options`, one place for every operation: no client
-    retries, and the limiter's ``bulk`` lane (an interactive call of the same account, in
-    this process or, through a shared limiter, another, goes first).
+    retries, and the bulk priority lane.
     """
 
     def __init__(
@@ -262,6 +262,7 @@ class ServiceCalls:
 
     @staticmethod
     def _options() -> dict[str, Any]:
+        # Bulk lane: an async service's interactive calls on the same account go first.
         return {"max_retries": 0, "priority": BULK}
 
     async def register(self, row: FaceRow) -> RegisteredFace:
@@ -404,6 +405,11 @@ class Settler:
             attempts += 1
             try:
                 face = await self.calls.register(row)
+            except RateLimiterError as exc:
+                # The shared limiter gave up waiting for Redis: nothing was sent, and every
+                # other row would meet the same outage, so the run stops.
+                await self._record_failed(row, f"not sent: {exc}")
+                raise NotSent(exc) from exc
             except AmbiguousOutcomeError as exc:
                 logger.info("row %d: ambiguous outcome (%s); settling", row.row, exc.cause)
                 last_error = exc
@@ -463,7 +469,7 @@ class Settler:
                 )
             except NotFoundError:
                 listing = None  # no such person or library: a well-formed "nothing"
-            except AuthenticationError as exc:
+            except (AuthenticationError, RateLimiterError) as exc:
                 raise Fatal(exc) from exc
             except MtsFacesError as exc:
                 last = exc

@@ -75,8 +75,9 @@ class Registrar:
     ``rebind_ledger``: accept a ledger written for another endpoint or AccessKeyId.
     ``settle``: seconds after an ambiguous registration was sent before it may be sent again
     (default :func:`default_settle` of the client's timeout).
-    ``concurrency``: calls in flight (default: sized from the quota and the observed latency,
-    at most the client's ``max_connections``).
+    ``concurrency``: calls in flight (default: sized from the quota and the observed latency);
+    at most the client's ``max_connections`` either way, since a call beyond them could only
+    queue for a connection (and the read-ahead buffer, sized from it, would grow for nothing).
     ``check_existing``: list each library first (the cap counts its faces, rows already
     stored are skipped, the ledger's rows are checked against it); False trusts the ledger
     and counts the cap over this input only.
@@ -132,6 +133,10 @@ class Registrar:
             max_attempts, listing_attempts, retry_backoff, circuit_threshold=circuit_threshold
         )
         self.drain_timeout = drain_timeout
+        if concurrency is not None:
+            concurrency = min(concurrency, client.max_connections)
+        self.concurrency = concurrency
+        """The fixed bound on calls in flight, capped by the pool; None: sized from latency."""
         workers = concurrency or client.max_connections
         self._options = SchedulerOptions(
             concurrency=concurrency,

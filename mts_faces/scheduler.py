@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._exceptions import AuthenticationError, MtsFacesError, NotFoundError, ValidationError
+from ._exceptions import (
+    AuthenticationError,
+    MtsFacesError,
+    NotFoundError,
+    RateLimiterError,
+    ValidationError,
+)
 from ._models import CustomPersons
 from ._operations import MAX_FACES_PER_PERSON
 from ._outcomes import NOT_ATTEMPTED, Progress, RegistrationReport, Repair, RowOutcome
@@ -390,7 +396,7 @@ class Scheduler:
             except NotFoundError:
                 self.circuit.success(category_id)
                 return True
-            except AuthenticationError as exc:
+            except (AuthenticationError, RateLimiterError) as exc:
                 self._set_fatal(exc)
                 return False
             except MtsFacesError as exc:

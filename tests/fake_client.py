@@ -14,6 +14,7 @@ from mts_faces import (
     Face,
     InvalidParameterError,
     Person,
+    RateLimiterError,
     RegisteredFace,
     TransportError,
 )
@@ -24,7 +25,9 @@ class FakeClient:
     """Stores faces per (category, person), case-insensitively, and counts calls.
 
     ``fault(action, n)`` may return "lost" (store, then the answer is lost), "drop" (not
-    stored, answer lost), "refused" (not sent) or None, for the n-th call of that action.
+    stored, answer lost), "refused" (not sent), "limiter-down" (the shared limiter gave up:
+    not sent) or None, for the n-th call of that action. ``priorities`` holds the priority
+    lane of every call.
     """
 
     endpoint = "https://fake.example.com"
@@ -47,13 +50,17 @@ class FakeClient:
         self.max_connections = 16
         self.fault = fault
         self.max_in_flight_per_person = 0
+        self.priorities: list[str] = []
         self._in_flight: dict[tuple[str, str], int] = {}
-        self.priorities: dict[str, int] = {}  # RegisterCustomFace calls by limiter lane
 
-    def _count(self, action: str) -> str | None:
-        self.attempts += 1
+    def _count(self, action: str, priority: str = "interactive") -> str | None:
+        self.priorities.append(priority)
         n = self.calls[action] = self.calls.get(action, 0) + 1
-        return self.fault(action, n) if self.fault else None
+        fault = self.fault(action, n) if self.fault else None
+        if fault == "limiter-down":
+            raise RateLimiterError("the shared limiter's Redis stayed unreachable")
+        self.attempts += 1
+        return fault
 
     async def register_custom_face(
         self,
@@ -65,12 +72,11 @@ class FakeClient:
         max_retries: int | None = None,
         priority: str = "interactive",
     ) -> RegisteredFace:
-        self.priorities[priority] = self.priorities.get(priority, 0) + 1
         key = (category_id.casefold(), person_id.casefold())
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         self.max_in_flight_per_person = max(self.max_in_flight_per_person, self._in_flight[key])
         try:
-            fault = self._count("RegisterCustomFace")
+            fault = self._count("RegisterCustomFace", priority)
             await asyncio.sleep(0)
             if fault == "refused":
                 raise TransportError("refused", request_sent=False)
@@ -102,7 +108,7 @@ class FakeClient:
         max_retries: int | None = None,
         priority: str = "interactive",
     ) -> CustomPersons:
-        fault = self._count("ListCustomPersons")
+        fault = self._count("ListCustomPersons", priority)
         if fault == "list-fails":
             raise TransportError("listing refused", request_sent=False)
         await asyncio.sleep(0)
@@ -129,7 +135,7 @@ class FakeClient:
         max_retries: int | None = None,
         priority: str = "interactive",
     ) -> Acknowledgement:
-        self._count("UnregisterCustomFace")
+        self._count("UnregisterCustomFace", priority)
         key = (category_id.casefold(), person_id.casefold())
         self.store[key] = [f for f in self.store.get(key, []) if f.face_id != face_id]
         return Acknowledgement("x")

@@ -72,12 +72,12 @@ def test_bad_manifest_through_the_cli(
 
     by_row = {int(str(r["row"])): r for r in records}
     assert len(by_row) == len(records)  # one outcome per row
-    assert status == (1 if bad else 0)
-    if bad and bad[0][0] == 0:  # the header or the file: one outcome, nothing sent
-        assert list(by_row) == [0] and by_row[0]["status"] == "failed"
-        assert bad[0][2] in str(by_row[0]["reason"])
+    if bad and bad[0][0] == 0:  # the header or the file: refused as a whole, nothing sent
+        assert status == 2 and records == []
+        assert f"manifest {manifest}: " in err and bad[0][2] in err
         assert stored_ids(emulator) == set()
         return
+    assert status == (1 if bad else 0)
     assert sorted(by_row) == list(range(1, good + len(bad) + 1))  # every row accounted for
     for row, field, fragment in bad:
         record = by_row.pop(row)
@@ -102,7 +102,12 @@ def test_strict_stops_at_the_first_bad_row(
     first_bad = ALL_EXPECTED[name][1][0]
     status, records = register(emulator, manifest, tmp_path / "out.jsonl", "--strict")
     err = capsys.readouterr().err
-    assert status == 1 and "Traceback" not in err
+    assert "Traceback" not in err
+    if first_bad[0] == 0:  # the file as a whole is refused before anything else
+        assert status == 2 and records == [] and first_bad[2] in err
+        assert stored_ids(emulator) == set()
+        return
+    assert status == 1
     where = f"row {first_bad[0]} (line " if first_bad[0] else ("header", "manifest")
     message = next(line for line in err.splitlines() if "--strict" in line)
     assert message.split("bad row: ", 1)[1].startswith(where), message
@@ -151,6 +156,11 @@ def test_bad_manifest_in_a_real_process(
     command = [sys.executable, "-m", "mts_faces.cli", "register", str(manifest)]
     command += ["--endpoint", emulator.url, "--output", str(out), "--no-progress"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    row, _, fragment = ALL_EXPECTED[name][1][0]
+    if row == 0:  # the file as a whole: a usage error, no outcome file
+        assert done.returncode == 2 and fragment in done.stderr and not out.exists()
+        return
+    assert done.returncode == 1
     reasons = [json.loads(line).get("reason") for line in out.read_text().splitlines()]
-    assert any(ALL_EXPECTED[name][1][0][2] in str(reason) for reason in reasons)
+    assert any(fragment in str(reason) for reason in reasons)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mts_faces import RateLimiterError
 from mts_faces.manifest import BadRow, FaceRow
 from mts_faces.registrar import Registrar, RowOutcome
 
@@ -44,7 +45,6 @@ async def test_every_row_registered_and_face_ids_collected() -> None:
     assert (report.rows, report.registered, report.skipped, report.failed) == (300, 300, 0, 0)
     assert sum(len(v) for v in report.faces.values()) == 300
     assert client.max_in_flight_per_person == 1
-    assert client.priorities == {"bulk": 300}  # the limiter's bulk lane, every call
 
 
 async def test_cap_counts_input_and_existing_faces_case_insensitively() -> None:
@@ -216,3 +216,42 @@ async def test_streams_without_reading_everything_first(concurrency: int) -> Non
     assert first.status == "registered"
     assert read < 200  # read-ahead is bounded by the buffer, not by the input
     await gen.aclose()
+
+
+async def test_every_call_of_the_registrar_takes_the_bulk_lane() -> None:
+    # Lost answers make it list persons and check the library too: every kind of call.
+    client = FakeClient(
+        fault=lambda action, n: "lost" if action == "RegisterCustomFace" and n % 7 == 0 else None
+    )
+    _, outcomes = await run(client, rows(5, 4))
+    assert len(by_status(outcomes, "registered")) == 20
+    assert {"RegisterCustomFace", "ListCustomPersons"} <= set(client.calls)
+    assert client.priorities and set(client.priorities) == {"bulk"}
+
+
+async def test_a_shared_limiter_that_gives_up_stops_the_run_and_sends_nothing_more() -> None:
+    client = FakeClient(
+        fault=lambda action, n: (
+            "limiter-down" if action == "RegisterCustomFace" and n >= 4 else None
+        )
+    )
+    registrar = Registrar(client, settle=0.0, retry_backoff=0.0, concurrency=1)  # type: ignore[arg-type]
+    outcomes: list[RowOutcome] = []
+    with pytest.raises(RateLimiterError):
+        async for outcome in registrar.run(rows(1, 8)):
+            outcomes.append(outcome)
+    assert len(outcomes) == 8  # every row accounted for
+    assert len(client.all_face_ids()) == 3
+    assert len(by_status(outcomes, "registered")) == 3
+    # The row that met the outage and every row after it were never sent: not attempted,
+    # never "failed", and not one more registration was tried after the error.
+    assert client.calls["RegisterCustomFace"] == 4
+    assert by_status(outcomes, "failed") == []
+    assert all(o.status in ("registered", "not attempted") for o in outcomes)
+
+
+async def test_concurrency_beyond_the_connection_pool_is_capped_by_it() -> None:
+    # A huge --concurrency must not size the read-ahead buffer (memory) from the wish.
+    client = FakeClient()
+    registrar = Registrar(client, concurrency=100_000_000)  # type: ignore[arg-type]
+    assert registrar.concurrency == client.max_connections
