@@ -173,7 +173,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     async def make_plan() -> SyncPlan:
         async with planning:
-            return await plan_sync(planning, rows, args.category, prune=args.prune, keep=args.show)
+            return await plan_sync(
+                planning, rows, args.category, prune=args.prune, keep=args.show, shard=args.shard
+            )
 
     found = asyncio.run(make_plan())
     precheck = None

@@ -417,3 +417,22 @@ def test_sync_killed_then_resumed(tmp_path: Path, phase: str) -> None:
         assert not_found <= 1  # only a removal in flight at the kill may be sent again
         assert stats["RegisterCustomFace"] == 120
         assert "removed" in second.stderr
+
+
+def test_sync_prune_of_a_shard_leaves_the_other_shards_persons(
+    emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    from mts_faces.shards import shard_of
+
+    seed = [(CAT, f"p{p}", url(p, 0)) for p in range(20)]
+    register(emulator, csv_file(tmp_path / "seed.csv", seed), tmp_path, "--no-ledger")
+    mine = [p for p in range(20) if shard_of(CAT, f"p{p}", 2) == 1]
+    assert 0 < len(mine) < 20
+    # The manifest keeps one person of shard 1 and names no other: pruning shard 1 removes
+    # the rest of shard 1 only.
+    manifest = csv_file(tmp_path / "want.csv", [(CAT, f"p{mine[0]}", url(mine[0], 0))])
+    argv = ["sync", str(manifest), "--category", CAT, "--prune", "--yes", "--shard", "1/2"]
+    assert run(emulator, *argv, "--output", str(tmp_path / "o.jsonl"), "--no-progress") == 0
+    left = {person for person, _ in faces(emulator)}
+    assert left == {f"p{p}" for p in range(20) if p not in mine[1:]}
+    assert (tmp_path / "want.csv.shard-1-of-2.ledger").exists()
