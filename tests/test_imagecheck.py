@@ -185,3 +185,21 @@ def test_register_check_images_skips_failing_rows_before_any_call(
     failing = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [f["row"] for f in failing] == [2, 3, 4]  # 50 MB is over the default 10 MiB too
     assert emulator.stats.requests == 0
+
+
+def test_sync_check_images_skips_failing_rows(
+    server: str, emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "want.csv"
+    manifest.write_text(
+        f"category_id,person_id,image_url\ncat,a,{server}/ok.jpg\ncat,b,{server}/page\n"
+    )
+    out = tmp_path / "out.jsonl"
+    argv = ["sync", str(manifest), "--category", "cat", "--yes", "--check-images"]
+    argv += ["--allow-private-images", "--endpoint", emulator.url, "--output", str(out)]
+    assert main([*argv, "--no-progress", "--no-ledger"]) == 0
+    lines = out.read_text().splitlines()
+    outcomes = sorted((json.loads(line) for line in lines), key=lambda o: int(o["row"]))
+    assert [o["status"] for o in outcomes] == ["registered", "skipped"]
+    assert outcomes[1]["reason"] == "image check: not an image: content type 'text/html'"
+    assert emulator.stats.requests_by_action["RegisterCustomFace"] == 1
