@@ -118,11 +118,9 @@ class LibraryState:
         self.people: dict[tuple[str, str], Person] = {}
         self.listed: set[str] = set()
 
-    def load(self, listing: CustomPersons, skip: Callable[[str], bool] | None = None) -> None:
-        """Take in a listing's faces (except those whose FaceId ``skip`` says will go)."""
+    def load(self, listing: CustomPersons) -> None:
+        """Take in a listing's faces."""
         for category, person, face in listing.iter_faces():
-            if skip is not None and skip(face.face_id):
-                continue
             self.person((category.category_id, person.person_id)).listed(
                 face.image_url, face.face_id
             )

@@ -436,3 +436,21 @@ def test_sync_prune_of_a_shard_leaves_the_other_shards_persons(
     left = {person for person, _ in faces(emulator)}
     assert left == {f"p{p}" for p in range(20) if p not in mine[1:]}
     assert (tmp_path / "want.csv.shard-1-of-2.ledger").exists()
+
+
+@pytest.mark.parametrize(("answer", "applied"), [("n", False), ("yes", True)])
+def test_sync_asks_on_a_terminal(
+    emulator: EmulatorThread,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+    applied: bool,
+) -> None:
+    manifest = csv_file(tmp_path / "want.csv", [(CAT, "y", url(1, 0))])
+    asked: list[str] = []
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+    argv = ["sync", str(manifest), "--category", CAT, "--output", str(tmp_path / "o.jsonl")]
+    assert run(emulator, *argv, "--no-progress") == 0
+    assert asked == ["apply this plan? [y/N] "]
+    assert bool(faces(emulator)) is applied
