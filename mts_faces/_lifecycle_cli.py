@@ -52,6 +52,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     cli = _cli()
     if args.output:
         cli._check_output(args.output, args.manifest, args.ledger)
+    precheck = image_precheck(args)  # --check-images, as register's
     client = cli._client_from_args(args)
     with contextlib.ExitStack() as files:
         sink: TextIO | None = None
@@ -72,6 +73,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                     check_existing=not args.no_check_existing,
                     keep=args.show,
                     on_row=on_row,
+                    precheck=precheck,
                 )
 
         result = asyncio.run(main())
@@ -426,6 +428,7 @@ def add_parsers(sub: Any) -> None:
         "--no-check-existing", action="store_true", help="as register's: do not list libraries"
     )
     cli._add_client_options(pln)
+    add_image_options(pln)
     pln.set_defaults(run=_cmd_plan)
 
     exp = sub.add_parser("export", help="write libraries out as a manifest (CSV or JSON Lines)")

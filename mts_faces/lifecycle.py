@@ -32,7 +32,9 @@ from .shards import Shard
 
 logger = logging.getLogger("mts_faces.lifecycle")
 
-PlanKind = Literal["register", "in_library", "in_ledger", "cap", "duplicate", "bad_row"]
+PlanKind = Literal[
+    "register", "in_library", "in_ledger", "cap", "duplicate", "bad_row", "image_check"
+]
 PLAN_KINDS: tuple[PlanKind, ...] = (
     "register",
     "in_library",
@@ -40,9 +42,11 @@ PLAN_KINDS: tuple[PlanKind, ...] = (
     "cap",
     "duplicate",
     "bad_row",
+    "image_check",
 )
 """Every decision of a plan: send it; already stored; the ledger holds it done (resumed or
-reconciled); past the 10-face cap; a repeat of an earlier row; a row that cannot be used."""
+reconciled); past the 10-face cap; a repeat of an earlier row; a row that cannot be used;
+a row whose image failed its check (``--check-images``)."""
 
 EXPORT_FIELDS = ("category_id", "person_id", "image_url", "person_name", "face_id")
 """The columns of an export, in order."""
@@ -170,12 +174,14 @@ async def plan(
     check_existing: bool = True,
     keep: int = 5,
     on_row: Callable[[PlannedRow], None] | None = None,
+    precheck: Callable[[FaceRow], str | None] | None = None,
 ) -> Plan:
     """The decisions ``register`` would make for ``rows``, against the live library (one
     listing per library met, unless ``check_existing=False``) and the ``ledger`` if given
     (read only: a run may hold it meanwhile). Registers and removes nothing. ``on_row`` is
     called with every row's decision; ``keep``: rows of each decision kept in
-    :attr:`Plan.first`. Raises the client's errors when a library cannot be listed (the
+    :attr:`Plan.first`; ``precheck``: as the registrar's (a reason skips the row).
+    Raises the client's errors when a library cannot be listed (the
     plan cannot be made) and :class:`~mts_faces.ledger.LedgerError` for a bad ledger.
     """
     result = Plan(qps=client.qps, keep=keep)
@@ -183,8 +189,13 @@ async def plan(
     reader = LedgerReader(ledger) if ledger is not None else None
     try:
         for entry in rows:
+            skip = None
+            if isinstance(entry, FaceRow) and precheck is not None:
+                skip = precheck(entry)
             if isinstance(entry, BadRow):
                 planned = PlannedRow(entry.row, "bad_row", reason=f"bad row: {entry}")
+            elif skip is not None:
+                planned = PlannedRow(entry.row, "image_check", entry, reason=skip)
             else:
                 category = entry.category_id.casefold()
                 if check_existing and category not in state.listed:
@@ -413,6 +424,7 @@ def describe_plan(result: Plan) -> Iterator[str]:
         f"rows {result.rows:,}: register {c['register']:,}, already in library "
         f"{c['in_library']:,}, done in ledger {c['in_ledger']:,}, over cap {c['cap']:,}, "
         f"duplicate {c['duplicate']:,}, bad row {c['bad_row']:,}"
+        + (f", image check failed {c['image_check']:,}" if c["image_check"] else "")
     )
     yield (
         f"API calls needed: {result.api_calls:,} ({result.listings:,} listings + "

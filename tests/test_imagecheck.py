@@ -185,6 +185,14 @@ def test_register_check_images_skips_failing_rows_before_any_call(
         "registered", "skipped", "skipped", "skipped", "registered",
     ]  # fmt: skip
     assert outcomes[2]["reason"] == "image check: HTTP 404 Not Found"
+
+    # plan --check-images says the same, row by row (the good rows are now stored).
+    decisions = tmp_path / "plan.jsonl"
+    planned = ["plan", str(manifest), "--endpoint", emulator.url, "--output", str(decisions)]
+    planned += ["--check-images", "--allow-private-images", "--max-image-bytes", "1000"]
+    assert main(planned) == 0
+    kinds = [json.loads(line)["decision"] for line in decisions.read_text().splitlines()]
+    assert kinds == ["in_library", "image_check", "image_check", "image_check", "in_library"]
     assert emulator.stats.requests_by_action["RegisterCustomFace"] == 2
     assert len(list(stored_faces(emulator.library(), "cat"))) == 2
 
