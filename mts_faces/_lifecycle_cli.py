@@ -397,7 +397,14 @@ def limiter_overrides(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     from ._redis_limiter import RedisWindowLimiter
 
-    return {"limiter": RedisWindowLimiter.from_url(url, key=args.redis_key, qps=args.qps)}
+    try:
+        limiter = RedisWindowLimiter.from_url(url, key=args.redis_key, qps=args.qps)
+    except ImportError:
+        message = "--redis needs the redis package: pip install 'mts-faces[redis]'"
+        raise _cli().UsageError(message) from None
+    except ValueError as exc:
+        raise _cli().UsageError(f"--redis {url}: {exc}") from None
+    return {"limiter": limiter}
 
 
 async def close_limiter(client: Any) -> None:

@@ -146,3 +146,16 @@ def test_four_shard_processes_share_one_quota(redis_url: str, tmp_path: Path) ->
         f"4 shards: {stats.accepted} accepted, {stats.throttled} throttled, "
         f"max {stats.max_window_accepted} in any second"
     )
+
+
+def test_a_bad_redis_url_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "secret")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("category_id,person_id,image_url\nc,p,https://x.example/a.jpg\n")
+    argv = ["register", str(manifest), "--no-ledger", "--redis", "not-a-url"]
+    assert main([*argv, "--endpoint", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "--redis not-a-url" in err and "Traceback" not in err
