@@ -8,6 +8,7 @@ import platform
 import sys
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -91,9 +92,15 @@ def results_markdown(
     command: str,
     sizes: dict[str, Any],
     raw: list[dict[str, Any]],
+    plots: list[str] | None = None,
 ) -> str:
-    """RESULTS.md: the table, the machine and date, what each figure means, the raw data."""
+    """RESULTS.md: the table, the machine and date, what each figure means, the plots
+    (paths relative to it), the raw data."""
     versions = ", ".join(f"{p} {info[p]}" for p in PACKAGES)
+    figures = "".join(f"![{Path(p).stem}]({p})\n\n" for p in plots or ())
+    if figures:
+        figures = f"Plots (drawn from the raw measurements below):\n\n{figures}"
+
     raw_lines = "\n".join(json.dumps(r, sort_keys=True) for r in raw)
     return f"""# Benchmark results
 
@@ -118,7 +125,7 @@ How to read it:
   the registrar over an in-process transport that answers at once.
 - *ref* rows are the comparisons; only our rows are held to a target.
 
-<details><summary>Raw measurements (JSON lines)</summary>
+{figures}<details><summary>Raw measurements (JSON lines)</summary>
 
 ```
 {raw_lines}

@@ -43,6 +43,9 @@ def _run(
             "emulator": stats,
             "margin": result.get("margin"),
             "rate": result.get("rate"),
+            # For the jitter-sweep plot (benchmarks/_plots.py).
+            "qps": sizes.qps,
+            "per_second": per_second(result.get("done") or []),
         }
     )
     return result, stats

@@ -1,4 +1,4 @@
-"""Row 10: 4 shard processes through the CLI sharing one quota in Redis (``shard_cli.py``)."""
+"""Row 11: 4 shard processes through the CLI sharing one quota in Redis (``shard_cli.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ LABEL = "register --shard K/4 --redis (CLI)"
 def shard_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     """Quota use, throttled calls and the busiest second of 4 shard processes."""
     if shutil.which("redis-server") is None:
-        return [Row("10. shards", LABEL, "not run: no redis-server on PATH", "", "not run")]
+        return [Row("11. shards", LABEL, "not run: no redis-server on PATH", "", "not run")]
     log(f"shards: 4 CLI processes, {sizes.faces:,} rows at {sizes.qps:g} calls/s ...")
     try:
         r = child(
@@ -22,7 +22,7 @@ def shard_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
             "--latency", f"{sizes.latency:g}", "--json",
         )  # fmt: skip
     except Exception as exc:
-        return [Row("10. shards", LABEL, f"error: {exc}"[:300], "", "not run")]
+        return [Row("11. shards", LABEL, f"error: {exc}"[:300], "", "not run")]
     raw.append({"benchmark": "shards", **r})
     measured = (
         f"{r['rows']:,} rows in {r['seconds']:.1f} s (process start included): "
@@ -33,4 +33,4 @@ def shard_rows(sizes: Sizes, raw: list[dict[str, Any]]) -> list[Row]:
     )
     ok = r["max_window"] <= r["qps"] and r["faces_stored"] == r["rows"]
     target = "never over the quota in any second; every row stored once"
-    return [Row("10. shards", LABEL, measured, target, "pass" if ok else "MISS")]
+    return [Row("11. shards", LABEL, measured, target, "pass" if ok else "MISS")]

@@ -9,7 +9,10 @@ warm-up (imports, the first connections) that is not counted. CPU is user + syst
     python -m benchmarks.client_cost --client ours --backend aiohttp --url URL
 
 ``--backend`` picks our client's HTTP backend: ``httpx`` (the library default, what respx
-intercepts) or ``aiohttp`` (the fast path, ``http_backend="aiohttp"``).
+intercepts) or ``aiohttp`` (the fast path, ``http_backend="aiohttp"``). ``--telemetry`` adds
+what a watcher would: ``hook`` a :class:`~mts_faces.report.RunRecorder` as the attempt hook,
+``otel`` the OpenTelemetry SDK's tracer and meter providers (spans recorded, not exported);
+``none`` (default) leaves only ``client.stats``, which is always kept.
 
 The key pair comes from ALIBABA_CLOUD_ACCESS_KEY_ID / _SECRET; prints one JSON line.
 """
@@ -35,8 +38,32 @@ Register = Callable[[str, str, str], Awaitable[object]]
 UNLIMITED_QPS = 1_000_000.0
 
 
+def _telemetry(kind: str) -> dict[str, Any]:
+    if kind == "hook":
+        from mts_faces.report import RunRecorder
+
+        return {"on_attempt": RunRecorder()}
+    if kind == "otel":
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+
+        reader = InMemoryMetricReader()
+        return {
+            "tracer_provider": TracerProvider(),
+            "meter_provider": MeterProvider(metric_readers=[reader]),
+        }
+    return {}
+
+
 def _ours(
-    url: str, key_id: str, secret: str, ca_file: str | None, concurrency: int, backend: str
+    url: str,
+    key_id: str,
+    secret: str,
+    ca_file: str | None,
+    concurrency: int,
+    backend: str,
+    telemetry: str = "none",
 ) -> MtsFaceClient:
     return MtsFaceClient(
         endpoint=url,
@@ -46,6 +73,7 @@ def _ours(
         max_connections=concurrency,
         verify=ca_file or True,
         http_backend="aiohttp" if backend == "aiohttp" else "httpx",
+        **_telemetry(telemetry),
     )
 
 
@@ -57,11 +85,16 @@ async def measure(
     ca_file: str | None,
     warmup: int,
     backend: str = "httpx",
+    telemetry: str = "none",
 ) -> dict[str, Any]:
     """Run ``warmup`` then ``calls`` registrations; CPU and wall time of the second part."""
     key_id = os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"]
     secret = os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
-    ours = _ours(url, key_id, secret, ca_file, concurrency, backend) if client == "ours" else None
+    ours = (
+        _ours(url, key_id, secret, ca_file, concurrency, backend, telemetry)
+        if client == "ours"
+        else None
+    )
     if ours is not None:
         register: Register = ours.register_custom_face
     else:
@@ -93,6 +126,7 @@ async def measure(
     return {
         "client": client,
         "backend": backend if client == "ours" else None,
+        "telemetry": telemetry if client == "ours" else None,
         "tls": url.startswith("https"),
         "calls": calls,
         "concurrency": concurrency,
@@ -113,6 +147,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--ca-file", help="CA to trust for https")
     parser.add_argument("--backend", choices=("httpx", "aiohttp"), default="httpx")
+    parser.add_argument("--telemetry", choices=("none", "hook", "otel"), default="none")
     args = parser.parse_args()
     result = asyncio.run(
         measure(
@@ -123,6 +158,7 @@ def main() -> None:
             args.ca_file,
             args.warmup,
             args.backend,
+            args.telemetry,
         )
     )
     print(json.dumps(result))

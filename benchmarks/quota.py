@@ -39,6 +39,7 @@ from mts_faces._client import new_nonce, utc_timestamp
 from mts_faces._signing import EMPTY_BODY_SHA256, canonical_query, v3_authorization
 from mts_faces.manifest import FaceRow
 from mts_faces.registrar import Registrar
+from mts_faces.report import RunRecorder
 
 from ._official import error_code, official_register
 
@@ -54,11 +55,16 @@ def faces(count: int) -> Iterator[tuple[str, str, str]]:
         yield "bench", f"person-{person:05d}", f"https://img.example/{person}/{face}.jpg"
 
 
+# Every runner records when each request was sent and how it ended, for the rate-over-time
+# plots (benchmarks/_plots.py); ours through its attempt hook, the others by hand.
+RECORDER = RunRecorder()
+
+
 async def run_ours(url: str, key_id: str, secret: str, count: int, qps: float) -> Counter[str]:
     """Our registrar, as the README shows it."""
     statuses: Counter[str] = Counter()
     async with MtsFaceClient(
-        endpoint=url, access_key_id=key_id, access_key_secret=secret, qps=qps
+        endpoint=url, access_key_id=key_id, access_key_secret=secret, qps=qps, on_attempt=RECORDER
     ) as client:
         registrar = Registrar(client, collect_faces=False)
         rows = (FaceRow(c, p, u, row=n) for n, (c, p, u) in enumerate(faces(count), 1))
@@ -78,11 +84,16 @@ async def run_official(url: str, key_id: str, secret: str, count: int, qps: floa
         async with slots:
             for attempt in range(OFFICIAL_TRIES):
                 async with limiter:
+                    sent = time.time()
                     try:
                         await register(category, person, image_url)
+                        RECORDER.add(sent, "ok", time.time() - sent)
                     except Exception as exc:
                         code = error_code(exc) or ""
-                        if code.startswith("Throttling") and attempt + 1 < OFFICIAL_TRIES:
+                        throttled = code.startswith("Throttling")
+                        outcome = "throttled" if throttled else "error"
+                        RECORDER.add(sent, outcome, time.time() - sent)
+                        if throttled and attempt + 1 < OFFICIAL_TRIES:
                             statuses["retried"] += 1
                             await asyncio.sleep(0.25 * 2**attempt)
                             continue
@@ -118,13 +129,17 @@ async def run_naive(url: str, key_id: str, secret: str, count: int, qps: float) 
         async def one(category: str, person: str, image_url: str) -> None:
             params = {"CategoryId": category, "PersonId": person, "ImageUrl": image_url}
             async with limiter:
+                sent = time.time()
                 try:
                     answer = await http.post(
                         f"{url}/?{canonical_query(params)}", headers=sign(params)
                     )
                     ok = answer.status_code == 200
+                    throttled = b"Throttling" in answer.content
                 except httpx.HTTPError:
-                    ok = False
+                    ok = throttled = False
+                outcome = "ok" if ok else "throttled" if throttled else "error"
+                RECORDER.add(sent, outcome, time.time() - sent)
             statuses["registered" if ok else "failed"] += 1
 
         await asyncio.gather(*(one(*row) for row in faces(count)))
@@ -138,10 +153,25 @@ async def measure(client: str, url: str, count: int, qps: float) -> dict[str, An
     """Wall time from the first call to the last answer, and the outcome counts."""
     key_id = os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"]
     secret = os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
+    RECORDER.start = time.time()
     started = time.perf_counter()
     statuses = await RUNNERS[client](url, key_id, secret, count, qps)
     wall = time.perf_counter() - started
-    return {"client": client, "faces": count, "qps": qps, "wall": wall, **statuses}
+    timeline = RECORDER.timeline()
+    series = {
+        "width": timeline.width,
+        "ok": [b.ok for b in timeline.buckets],
+        "throttled": [b.throttled for b in timeline.buckets],
+        "errors": [b.errors for b in timeline.buckets],
+    }
+    return {
+        "client": client,
+        "faces": count,
+        "qps": qps,
+        "wall": wall,
+        **statuses,
+        "timeline": series,
+    }
 
 
 def main() -> None:

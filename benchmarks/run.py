@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from ._common import QUICK, Sizes, log
+from ._plots import PLOTS_DIR, write_plots
 from ._report import Row, machine, render, results_markdown
 from ._rows_cost import cost_rows
 from ._rows_emulator import emulator_rows
@@ -27,6 +28,7 @@ from ._rows_memory import memory_rows
 from ._rows_network import network_rows
 from ._rows_quota import quota_rows
 from ._rows_shards import shard_rows
+from ._rows_telemetry import telemetry_rows
 from .shared import shared_quota_row
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -46,6 +48,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "import": import_rows,
     "emulator": emulator_rows,
     "ledger": ledger_rows,
+    "telemetry": telemetry_rows,
     "shards": shard_rows,
 }
 
@@ -67,5 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     output = args.output or (None if args.quick else RESULTS)
     if output is not None:
         command = "python -m benchmarks" + "".join(f" --only {s}" for s in args.only or ())
-        output.write_text(results_markdown(rows, info, command, attrs.asdict(sizes), raw))
+        plots = write_plots(raw, output.parent / PLOTS_DIR)
+        links = [str(p.relative_to(output.parent)) for p in plots]
+        output.write_text(results_markdown(rows, info, command, attrs.asdict(sizes), raw, links))
         log(f"written to {output}")

@@ -1,4 +1,4 @@
-"""Row 10: 4 ``mts-faces register --shard K/4 --redis URL`` processes (the CLI, as a user runs
+"""Row 11: 4 ``mts-faces register --shard K/4 --redis URL`` processes (the CLI, as a user runs
 it) sharing one quota through a ``redis-server``, against one emulator at that quota.
 
     python -m benchmarks.shard_cli --rows 3000 --qps 100 [--json]

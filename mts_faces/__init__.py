@@ -35,6 +35,7 @@ from ._models import (
 from ._operations import MAX_FACES_PER_PERSON, MAX_ID_LENGTH
 from ._redis_limiter import RedisWindowLimiter
 from ._retry import RetryPolicy
+from ._telemetry import AttemptEvent, ClientStats
 from ._window import AimdPolicy, MarginPolicy
 
 __version__ = "0.1.0"
@@ -51,8 +52,10 @@ __all__ = [
     "AimdPolicy",
     "AlibabaCloudCredentials",
     "AmbiguousOutcomeError",
+    "AttemptEvent",
     "AuthenticationError",
     "Category",
+    "ClientStats",
     "ConfigurationError",
     "Credentials",
     "CredentialsError",

@@ -58,6 +58,7 @@ from ._signing import (
     v1_signature,
     v3_authorization,
 )
+from ._telemetry import AttemptHook, CallTrace, ClientStats, Telemetry, limiter_reading
 from ._window import call_limit
 
 if TYPE_CHECKING:
@@ -152,6 +153,13 @@ class MtsFaceClient:
             fast path at a fraction of the CPU per call (the ``aiohttp`` extra).
         max_response_bytes: answers larger than this are refused as they stream in
             (:class:`ResponseTooLargeError`), never buffered whole.
+        on_attempt: called with an :class:`AttemptEvent` after every attempt (see
+            :meth:`add_attempt_hook`).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for this client's spans
+            (default: the global one, once the application has set it; the ``otel`` extra).
+        meter_provider: an OpenTelemetry ``MeterProvider`` for its metrics (default: global).
+        telemetry_include_ids: put person, library and face IDs, image URLs and error
+            messages in span attributes. Off by default: they can be personal data.
     """
 
     def __init__(
@@ -179,6 +187,10 @@ class MtsFaceClient:
         transport: httpx.AsyncBaseTransport | None = None,
         http_backend: Backend | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        on_attempt: AttemptHook | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        telemetry_include_ids: bool = False,
     ) -> None:
         if signature_version not in (1, 3):
             raise ConfigurationError(f"signature_version must be 1 or 3, got {signature_version!r}")
@@ -229,6 +241,16 @@ class MtsFaceClient:
                 max_response_bytes=max_response_bytes,
             )
         self._rng = random.Random()
+        self._telemetry = Telemetry(
+            hooks=(on_attempt,) if on_attempt is not None else (),
+            include_ids=telemetry_include_ids,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            rate=lambda: self.current_rate,
+            margin=lambda: limiter_reading(self.limiter, "current_margin"),
+            region=region_id,
+            host=self._host,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -243,6 +265,22 @@ class MtsFaceClient:
         limiter is adaptive), or None for a limiter that reports none."""
         rate = getattr(self.limiter, "current_rate", None)
         return float(rate) if isinstance(rate, int | float) else None
+
+    @property
+    def stats(self) -> ClientStats:
+        """Calls, attempts, throttles, retries, requests in flight, the limiter's rate and
+        recent latency percentiles: a snapshot (see :class:`ClientStats`)."""
+        return self._telemetry.stats()
+
+    def add_attempt_hook(self, hook: AttemptHook) -> None:
+        """Call ``hook(event)`` after every attempt, on the event loop, with a frozen
+        :class:`AttemptEvent` (no IDs, URLs or credentials in it). Keep it quick; an
+        exception it raises is logged and does not affect the call."""
+        self._telemetry.add_hook(hook)
+
+    def remove_attempt_hook(self, hook: AttemptHook) -> None:
+        """Stop calling ``hook``."""
+        self._telemetry.remove_hook(hook)
 
     async def __aenter__(self) -> MtsFaceClient:
         return self
@@ -393,10 +431,28 @@ class MtsFaceClient:
         limit = self.retry_policy.max_retries if max_retries is None else max_retries
         if limit < 0:
             raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
+        trace = self._telemetry.begin(operation, params, lane)
+        try:
+            result = await self._send(operation, params, timeout, limit, lane, trace)
+        except BaseException as exc:
+            trace.end(exc)
+            raise
+        trace.end(None, result)
+        return result
+
+    async def _send(
+        self,
+        operation: Operation,
+        params: dict[str, str],
+        timeout: float | None,  # noqa: ASYNC109 (per attempt)
+        limit: int,
+        lane: Priority,
+        trace: CallTrace,
+    ) -> Any:
         retry = 0
         while True:
             try:
-                body = await self._attempt(operation, params, retry + 1, timeout, lane)
+                body = await self._attempt(operation, params, retry + 1, timeout, trace, lane)
                 return operation.parse(body)
             except MtsFacesError as exc:
                 if not self._may_retry(operation, exc) or retry >= limit:
@@ -414,6 +470,7 @@ class MtsFaceClient:
                 retry += 1
                 retry_after = exc.retry_after if isinstance(exc, ThrottlingError) else None
                 wait = self.retry_policy.delay(retry, retry_after, self._rng)
+                trace.retrying(exc)
                 logger.debug(
                     "%s retry %d/%d in %.3fs after %s",
                     operation.action,
@@ -430,11 +487,13 @@ class MtsFaceClient:
         params: dict[str, str],
         attempt: int,
         timeout: float | None,  # noqa: ASYNC109 (per attempt)
+        trace: CallTrace,
         priority: Priority = INTERACTIVE,
     ) -> dict[str, Any]:
         # Before the slots: a provider's first fetch must not hold a connection or rate slot.
         creds = await self.credentials.get_credentials()
         async with self._slots.hold(priority):
+            waiting = time.perf_counter()
             grant = await self._limiter.acquire(
                 action=operation.action,
                 region=self.region_id,
@@ -444,6 +503,7 @@ class MtsFaceClient:
             # Nonce and timestamp are drawn after the wait, per attempt: a retry is a new request.
             url, headers = self._sign(operation.action, params, creds)
             self.attempts += 1
+            trace.sent(waiting)
             started = time.perf_counter()
             try:
                 if timeout is None:

@@ -14,6 +14,8 @@ EXTRA_FOR_MODULE = {
     "redis": "redis",
     "alibabacloud_credentials": "credentials",
     "aiohttp": "aiohttp",
+    "opentelemetry": "otel",
+    "matplotlib": "report",
 }
 
 

@@ -36,6 +36,7 @@ from ._credentials import Credentials
 from ._exceptions import AuthenticationError, MtsFacesError
 from ._http import fast_backend
 from ._progress import ProgressBar
+from ._run_report import REPORT_HELP, check_report_extra, run_report
 from .ledger import LedgerError
 from .manifest import BadRow, FaceRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
@@ -333,6 +334,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.timeout is not None:
         overrides["timeout"] = args.timeout
+    if args.report:
+        check_report_extra()
     from ._lifecycle_cli import close_limiter, image_precheck, limiter_overrides, shard_rows
 
     with contextlib.ExitStack() as files:
@@ -352,6 +355,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
         output: TextIO = sys.stdout
         if args.output != "-":
             output = files.enter_context(open(args.output, "w", encoding="utf-8"))
+        # Written when this block ends, however the run ended.
+        title = f"mts-faces register {args.manifest}"
+        session = files.enter_context(run_report(args.report, client, title=title))
 
         async def main() -> RegistrationReport:
             async with client, contextlib.AsyncExitStack() as closing:
@@ -376,11 +382,17 @@ def _cmd_register(args: argparse.Namespace) -> int:
             sys.stderr.write(f"{exc}\n")
             return EXIT_FAILED_ROWS
         except RunAborted as exc:
+            if session is not None:
+                session.set_outcome(exc.report)
             sys.stderr.write(f"mts-faces register: {exc.error}\n")
             print_summary(exc.report)
             return EXIT_FAILED_ROWS
         except asyncio.CancelledError:
+            if session is not None:
+                session.mark_interrupted()
             return EXIT_INTERRUPTED
+        if session is not None:
+            session.set_outcome(report)
     print_summary(report)
     if report.stopped:
         return EXIT_INTERRUPTED
@@ -491,6 +503,9 @@ def write_demo_manifest(path: Path, persons: int = DEMO_PERSONS) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .emulator import Emulator, EmulatorConfig
 
+    if args.report:
+        check_report_extra()
+
     async def main() -> RegistrationReport:
         config = EmulatorConfig(qps=args.qps, latency=args.latency, jitter=args.latency / 3)
         async with Emulator(config) as emulator:
@@ -510,11 +525,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     http_backend=fast_backend(),
                 ) as client:
                     # Opening is instant; rows are then pulled in a worker thread.
-                    with open(manifest, "rb") as stream, open(os.devnull, "w") as sink:  # noqa: ASYNC230
+                    title = f"mts-faces demo: {total:,} rows at {args.qps:g} calls/s"
+                    with (
+                        open(manifest, "rb") as stream,  # noqa: ASYNC230
+                        open(os.devnull, "w") as sink,  # noqa: ASYNC230
+                        run_report(args.report, client, title=title) as session,
+                    ):
                         output = sink if not args.outcomes else sys.stdout
                         report = await register_rows(
                             client, read_manifest(stream), output, total=total, collect_faces=True
                         )
+                        if session is not None:
+                            session.set_outcome(report)
             stats = emulator.stats
             sys.stderr.write(
                 f"emulator: accepted {stats.accepted:,}, throttled {stats.throttled:,}, "
@@ -581,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not list existing faces first (the cap then counts this input only)",
     )
     reg.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    reg.add_argument("--report", metavar="PATH", help=REPORT_HELP)
     _add_client_options(reg)
     from ._lifecycle_cli import add_image_options, add_shard_options
 
@@ -624,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency", type=non_negative, default=0.05, help="emulated service latency (s)"
     )
     demo.add_argument("--outcomes", action="store_true", help="print each outcome as JSON")
+    demo.add_argument("--report", metavar="PATH", help=REPORT_HELP)
     demo.set_defaults(run=_cmd_demo)
 
     add_emulate(sub)
