@@ -182,7 +182,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     found = asyncio.run(make_plan())
     precheck = None
     if args.check_images:
-        problems = _run_checks((r.image_url for r in found.rows), args)
+        problems = _run_checks((r.image_url for r in found.to_register), args)
         precheck = problems.get if problems else None
         if problems:
             sys.stderr.write(f"  rows with an image that fails are skipped ({len(problems):,})\n")

@@ -266,7 +266,8 @@ class Rename:
 class SyncPlan:
     """What :func:`apply_sync` will do: ``removals`` first, then the manifest's ``rows``
     through the registrar (``plan`` counts their decisions, reckoned after the removals),
-    then ``renames``. ``bad`` and ``outside`` (rows of other libraries) are left out."""
+    then ``renames``. ``bad`` and ``outside`` (rows of other libraries) are left out;
+    ``to_register``: the rows the plan sends (what ``--check-images`` checks)."""
 
     categories: tuple[str, ...]
     prune: bool
@@ -276,6 +277,7 @@ class SyncPlan:
     plan: Plan
     bad: list[BadRow] = attrs.field(factory=list)
     outside: int = 0
+    to_register: list[FaceRow] = attrs.field(factory=list)
 
 
 async def plan_sync(
@@ -348,11 +350,15 @@ async def plan_sync(
                 for face in person.faces:
                     if (*ids, face.face_id) not in gone:
                         state.person(ids).listed(face.image_url, face.face_id)
+    to_register: list[FaceRow] = []
     for r in rows:
-        result.add(state.decide(r, None, True))
+        planned = state.decide(r, None, True)
+        result.add(planned)
+        if planned.kind == "register":
+            to_register.append(r)
     for b in bad:
         result.add(PlannedRow(b.row, "bad_row", reason=f"bad row: {b}"))
-    return SyncPlan(wanted, prune, rows, removals, renames, result, bad, outside)
+    return SyncPlan(wanted, prune, rows, removals, renames, result, bad, outside, to_register)
 
 
 @attrs.define

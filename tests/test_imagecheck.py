@@ -222,3 +222,7 @@ def test_sync_check_images_skips_failing_rows(
     assert [o["status"] for o in outcomes] == ["registered", "skipped"]
     assert outcomes[1]["reason"] == "image check: not an image: content type 'text/html'"
     assert emulator.stats.requests_by_action["RegisterCustomFace"] == 1
+    # Again: the stored row is not checked again, only the one still to register.
+    Images.methods = []
+    assert main([*argv, "--no-progress", "--no-ledger"]) == 0
+    assert {path for _, path, _ in Images.methods} == {"/page"}
