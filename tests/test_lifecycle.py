@@ -355,9 +355,19 @@ def ledger_progress(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
+def in_flight_rows(path: Path) -> int:
+    """Rows the ledger holds started or ambiguous (sent, or about to be, with no answer)."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        found = db.execute("SELECT COUNT(*) FROM rows WHERE state IN ('started', 'ambiguous')")
+        return int(found.fetchone()[0])
+    finally:
+        db.close()
+
+
 @pytest.mark.parametrize("phase", ["removing", "registering"])
 def test_sync_killed_then_resumed(tmp_path: Path, phase: str) -> None:
-    config = EmulatorConfig(qps=100, latency=0.01, seed=17)
+    config = EmulatorConfig(qps=500, latency=0.01, seed=17)
     with Emulator.in_thread(config) as emu:
         persons = 30
         seed = [(CAT, f"p{p}", url(p, i)) for p in range(persons) for i in range(10)]
@@ -373,7 +383,7 @@ def test_sync_killed_then_resumed(tmp_path: Path, phase: str) -> None:
         ledger = tmp_path / "sync.ledger"
         cmd = [
             sys.executable, "-m", "mts_faces.cli", "sync", str(manifest), "--category", CAT,
-            "--prune", "--yes", "--ledger", str(ledger), "--endpoint", emu.url, "--qps", "100",
+            "--prune", "--yes", "--ledger", str(ledger), "--endpoint", emu.url, "--qps", "200",
             "--no-progress", "--settle", "1", "--output",
         ]  # fmt: skip
         emu.reset_stats()
@@ -396,6 +406,9 @@ def test_sync_killed_then_resumed(tmp_path: Path, phase: str) -> None:
         assert first.returncode == -signal.SIGKILL, "the sync ended before it could be killed"
         removed_first, registered_first = ledger_progress(ledger)
         assert removed_first < 120 or registered_first < 120
+        # Rows whose start was durable but whose answer the killed run never had: the rerun
+        # settles each against the library; one whose request never arrived is sent again.
+        in_flight = in_flight_rows(ledger)
 
         second = subprocess.run(
             [*cmd, str(tmp_path / "second.jsonl")],
@@ -415,7 +428,7 @@ def test_sync_killed_then_resumed(tmp_path: Path, phase: str) -> None:
         not_found = sum(n for code, n in emu.stats.errors_by_code.items() if "NotFound" in code)
         assert stats["UnregisterCustomFace"] - not_found == 120
         assert not_found <= 1  # only a removal in flight at the kill may be sent again
-        assert stats["RegisterCustomFace"] == 120
+        assert 120 <= stats["RegisterCustomFace"] <= 120 + in_flight
         assert "removed" in second.stderr
 
 
