@@ -178,8 +178,9 @@ async def plan(
 ) -> Plan:
     """The decisions ``register`` would make for ``rows``, against the live library (one
     listing per library met, unless ``check_existing=False``) and the ``ledger`` if given
-    (read only: a run may hold it meanwhile). Registers and removes nothing. ``on_row`` is
-    called with every row's decision; ``keep``: rows of each decision kept in
+    (read only: a run may hold it meanwhile). Registers and removes nothing. Rows are
+    streamed; the state of every person met is kept (memory follows persons, not rows).
+    ``on_row`` is called with every row's decision; ``keep``: rows of each decision kept in
     :attr:`Plan.first`; ``precheck``: as the registrar's (a reason skips the row).
     Raises the client's errors when a library cannot be listed (the
     plan cannot be made) and :class:`~mts_faces.ledger.LedgerError` for a bad ledger.
