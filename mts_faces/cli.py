@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -38,7 +38,7 @@ from ._http import fast_backend
 from ._progress import ProgressBar
 from ._run_report import REPORT_HELP, check_report_extra, run_report
 from .ledger import LedgerError
-from .manifest import BadRow, ManifestEntry, read_manifest, sniff_format
+from .manifest import BadRow, FaceRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -174,9 +174,11 @@ async def register_rows(
     check_existing: bool = True,
     concurrency: int | None = None,
     collect_faces: bool = False,
+    precheck: Callable[[FaceRow], str | None] | None = None,
 ) -> RegistrationReport:
     """Register ``entries``, writing one JSON line per outcome to ``output`` (and one
     ``{"event": "repair", ...}`` line per duplicate the end-of-run verification found).
+    ``precheck``: a reason it gives for a row skips it unsent (``--check-images``).
 
     Raises :class:`RunAborted` (with the report) when the ledger or the credentials fail.
     """
@@ -191,6 +193,7 @@ async def register_rows(
         check_existing=check_existing,
         concurrency=concurrency,
         collect_faces=collect_faces,
+        precheck=precheck,
     )
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -277,7 +280,9 @@ def _ledger_path(args: argparse.Namespace) -> str | None:
             "reading stdin: name a ledger with --ledger PATH (so that the job can be "
             "resumed), or pass --no-ledger"
         )
-    return str(args.manifest) + LEDGER_SUFFIX
+    from ._lifecycle_cli import shard_suffix
+
+    return str(args.manifest) + shard_suffix(args) + LEDGER_SUFFIX
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -331,6 +336,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         overrides["timeout"] = args.timeout
     if args.report:
         check_report_extra()
+    from ._lifecycle_cli import close_limiter, image_precheck, limiter_overrides, shard_rows
+
     with contextlib.ExitStack() as files:
         stream = _open_manifest(args.manifest)
         if stream is not sys.stdin.buffer:
@@ -338,11 +345,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
         entries = _whole_file_checked(
             args.manifest, read_manifest(stream, fmt=args.format, default_category=args.category)
         )
+        entries = shard_rows(args, entries)  # --shard K/N
         if args.strict:
             entries = _strict(entries)
-        client = _client_from_args(args, **overrides)
+        precheck = image_precheck(args)  # --check-images: before any quota is spent
+        client = _client_from_args(args, **overrides, **limiter_overrides(args))
         # The total only feeds the progress bar: without one, the manifest is read once.
-        total = None if args.no_progress else _count_rows(args.manifest, args.format)
+        total = None if args.no_progress or args.shard else _count_rows(args.manifest, args.format)
         output: TextIO = sys.stdout
         if args.output != "-":
             output = files.enter_context(open(args.output, "w", encoding="utf-8"))
@@ -351,7 +360,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         session = files.enter_context(run_report(args.report, client, title=title))
 
         async def main() -> RegistrationReport:
-            async with client:
+            async with client, contextlib.AsyncExitStack() as closing:
+                closing.push_async_callback(close_limiter, client)
                 return await register_rows(
                     client,
                     entries,
@@ -363,6 +373,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                     progress=not args.no_progress,
                     check_existing=not args.no_check_existing,
                     concurrency=args.concurrency,
+                    precheck=precheck,
                 )
 
         try:
@@ -594,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     reg.add_argument("--report", metavar="PATH", help=REPORT_HELP)
     _add_client_options(reg)
+    from ._lifecycle_cli import add_image_options, add_shard_options
+
+    add_image_options(reg)
+    add_shard_options(reg)
     reg.set_defaults(run=_cmd_register)
 
     lst = sub.add_parser("list", help="list libraries, persons and faces")
@@ -636,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
 
     add_emulate(sub)
+    from ._lifecycle_cli import add_parsers as add_lifecycle
+
+    add_lifecycle(sub)
     for command in sub.choices.values():  # every subcommand, whoever added it
         add_logging_options(command, top_level=False)
     return parser

@@ -96,6 +96,17 @@ CREATE TABLE IF NOT EXISTS rows (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rows_by_person ON rows (person);
 CREATE INDEX IF NOT EXISTS rows_ambiguous ON rows (run_id) WHERE was_ambiguous = 1;
+CREATE TABLE IF NOT EXISTS removals (
+    key TEXT PRIMARY KEY,
+    category_id TEXT NOT NULL,
+    person_id TEXT NOT NULL,
+    face_id TEXT NOT NULL,
+    image_url TEXT,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    reason TEXT,
+    run_id INTEGER
+) WITHOUT ROWID;
 """
 
 
@@ -544,6 +555,33 @@ class Ledger:
             (reason, self.clock(), key),
         )
 
+    # --- removals (mts-faces sync --prune) ------------------------------------------------------
+
+    def removal(self, key: str) -> str | None:
+        """The state (``started``, ``removed``, ``failed``) of the removal ``key``, or None."""
+        found = self._read("SELECT state FROM removals WHERE key = ?", (key,))
+        return str(found[0][0]) if found else None
+
+    async def removal_started(
+        self, key: str, category_id: str, person_id: str, face_id: str, image_url: str | None
+    ) -> None:
+        """Record that the removal ``key`` is about to be sent; returns once durable."""
+        self._queue_write(
+            "INSERT INTO removals (key, category_id, person_id, face_id, image_url, state, "
+            "updated_at, run_id) VALUES (?, ?, ?, ?, ?, 'started', ?, ?) ON CONFLICT (key) DO "
+            "UPDATE SET state = 'started', updated_at = excluded.updated_at, "
+            "run_id = excluded.run_id, reason = NULL",
+            (key, category_id, person_id, face_id, image_url, self.clock(), self.run_id),
+        )
+        await self._durable()
+
+    async def removal_finished(self, key: str, removed: bool, reason: str | None = None) -> None:
+        """The removal ``key`` is done (``removed``) or failed for certain (with ``reason``)."""
+        self._queue_write(
+            "UPDATE removals SET state = ?, reason = ?, updated_at = ? WHERE key = ?",
+            ("removed" if removed else "failed", reason, self.clock(), key),
+        )
+
     def _queue_write(self, sql: str, params: tuple[Any, ...]) -> None:
         if self._failed is not None:
             raise self._failed
@@ -634,6 +672,37 @@ def open_ledger(
 ) -> Ledger:
     """Open and lock the ledger at ``path`` (see :class:`Ledger`)."""
     return Ledger(path, identity, rebind=rebind, version=version).open()
+
+
+class LedgerReader:
+    """A read-only view of a ledger (no lock, no run recorded): what ``mts-faces plan``
+    consults. Reads by key; :meth:`close` when done."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        _check_not_journal(Path(path))
+        if not Path(path).exists():
+            raise LedgerError(f"ledger {path} does not exist")
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from None
+
+    def get(self, key: str) -> LedgerRow | None:
+        """The row recorded under ``key``, or None."""
+        try:
+            found = self._db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM rows WHERE key = ?", (key,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read ledger {self.path}: {exc}") from None
+        return _to_row(found) if found else None
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()
 
 
 def read_face_ids(path: str | os.PathLike[str]) -> Callable[[Any], str | None]:

@@ -31,6 +31,7 @@ from ._outcomes import (
     Status,
 )
 from .ledger import Ledger, LedgerIdentity
+from .manifest import FaceRow
 from .reconcile import RegistrarClient, RetryBudget
 from .scheduler import RowInput, Scheduler, SchedulerOptions
 
@@ -91,7 +92,8 @@ class Registrar:
     idle. ``default_category``: for mapping rows without one. ``verify`` and ``repair``:
     list persons that had an ambiguous outcome once more at the end and unregister duplicate
     FaceIds (``repair=False``: report them only). ``clock``: wall-clock seconds (the
-    ledger's time base).
+    ledger's time base). ``precheck``: called with each valid row before anything else;
+    a reason it returns skips the row unsent (e.g. an image check's failure).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Registrar:
         verify: bool = True,
         repair: bool = True,
         clock: Callable[[], float] = time.time,
+        precheck: Callable[[FaceRow], str | None] | None = None,
     ) -> None:
         if concurrency is not None and concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -150,6 +153,7 @@ class Registrar:
             total=total,
             progress=progress,
             clock=clock,
+            precheck=precheck,
         )
         self._clock = clock
         self.report = RegistrationReport()

@@ -34,7 +34,7 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -93,6 +93,85 @@ class Person:
         if image_url not in self.faces:
             self.faces[image_url] = face_id
 
+    def listed(self, image_url: str, face_id: str) -> None:
+        """Record a face a listing of the library shows (it takes a place under the cap)."""
+        if image_url not in self.faces:
+            self.know(image_url, face_id)
+            self.reserved += 1
+
+    def accept(self, row: FaceRow) -> None:
+        """Take a place under the cap for ``row``, admitted for registration."""
+        self.reserved += 1
+        self.seen[row.image_url] = row.row
+
+
+AdmissionKind = Literal[
+    "register", "duplicate", "blocked", "resumed", "reconciled", "in_library", "cap"
+]
+
+
+@attrs.frozen
+class Admission:
+    """What becomes of a row when it is read (see :func:`decide_admission`).
+
+    ``kind``: ``register`` (send it), ``duplicate`` (same person and image URL as an earlier
+    row), ``blocked`` (its library's listing circuit is open), ``resumed`` (the ledger holds
+    it registered), ``reconciled`` (an interrupted send the listing shows stored),
+    ``in_library`` (already stored), ``cap`` (the person has 10 faces). ``face_id``: the
+    face it maps to when known; ``reason``: why it is not sent; ``forget_prior``: the
+    ledger's registered face is gone from the library, so its record is to be dropped.
+    """
+
+    kind: AdmissionKind
+    face_id: str | None = None
+    reason: str | None = None
+    forget_prior: bool = False
+
+
+def decide_admission(
+    person: Person,
+    row: FaceRow,
+    prior: LedgerRow | None,
+    blocked: str | None,
+    check_existing: bool,
+) -> Admission:
+    """The one decision of what becomes of a row read for ``person``: used by a registration
+    (the scheduler) and by a plan of one (``mts-faces plan``). It changes nothing; a caller
+    that registers the row calls :meth:`Person.accept`.
+
+    ``prior``: the ledger's record of the row; ``blocked``: why its library cannot be listed
+    (None when it can); ``check_existing``: whether the library was listed (False trusts the
+    ledger).
+    """
+    url = row.image_url
+    first = person.seen.get(url)
+    known = person.faces.get(url)
+    if first is not None:
+        return Admission(
+            "duplicate", known, f"duplicate of row {first} (same person and image URL)"
+        )
+    if blocked is not None and prior is None:
+        return Admission("blocked", None, f"not sent: {blocked}")
+    forget = False
+    if prior is not None and prior.state == "registered" and prior.face_id:
+        if known is not None or not check_existing:
+            face_id = prior.face_id if known in (None, prior.face_id) else known
+            return Admission("resumed", face_id)
+        forget = True
+    elif prior is not None and prior.state in ("started", "ambiguous") and known is not None:
+        return Admission("reconciled", known, "reconciled: found stored after an interrupted run")
+    if known is not None:
+        return Admission("in_library", known, "already in the library", forget)
+    if person.reserved >= MAX_FACES_PER_PERSON:
+        return Admission(
+            "cap",
+            None,
+            f"cap: person already has {MAX_FACES_PER_PERSON} faces (library and "
+            f"earlier rows); the service allows at most {MAX_FACES_PER_PERSON} per person",
+            forget,
+        )
+    return Admission("register", None, None, forget)
+
 
 class BloomFilter:
     """A fixed-size set of evicted person keys: a false positive costs one extra lookup."""
@@ -140,6 +219,7 @@ class SchedulerOptions:
     total: int | None
     progress: Callable[[Progress], None] | None
     clock: Callable[[], float]
+    precheck: Callable[[FaceRow], str | None] | None = None
 
 
 _DONE = object()
@@ -242,6 +322,10 @@ class Scheduler:
                 if isinstance(entry, BadRow):
                     await self.emit(RowOutcome(entry, "failed", reason=f"bad row: {entry}"))
                     continue
+                skip = self.o.precheck(entry) if self.o.precheck is not None else None
+                if skip is not None:
+                    await self.emit(RowOutcome(entry, "skipped", reason=skip))
+                    continue
                 person = await self.person_for(entry)
                 if person is None:
                     break  # a fatal error
@@ -334,9 +418,7 @@ class Scheduler:
                 person = self.people[key] = Person(key)
                 if key != keep:
                     self._mark_idle(person)
-            if face.image_url not in person.faces:
-                person.know(face.image_url, face.face_id)
-                person.reserved += 1
+            person.listed(face.image_url, face.face_id)
 
     def _mark_idle(self, person: Person) -> None:
         self.idle[person.key] = None
@@ -354,56 +436,47 @@ class Scheduler:
     async def admit(self, person: Person, row: FaceRow) -> None:
         """Decide a row at once (skip, resumed, circuit open) or queue it for its person."""
         url = row.image_url
-        blocked = self.circuit.reason(row.category_id)
         prior = self.ledger.get(row.row_key) if self.ledger is not None else None
-        first = person.seen.get(url)
-        known = person.faces.get(url)
+        decision = decide_admission(
+            person, row, prior, self.circuit.reason(row.category_id), self.o.check_existing
+        )
+        if decision.forget_prior:
+            # The library wins: the ledger's face is gone, so it is registered again.
+            self.report.reregistered += 1
+            if self.ledger is not None:
+                await self.ledger.forget_face(row.row_key, "gone from the library")
+            prior = None
         outcome: RowOutcome | None = None
-        if first is not None:
-            outcome = RowOutcome(
-                row,
-                "skipped",
-                face_id=known,
-                reason=f"duplicate of row {first} (same person and image URL)",
-            )
-        elif blocked is not None and prior is None:
-            outcome = RowOutcome(row, "failed", reason=f"not sent: {blocked}")
-        elif prior is not None and prior.state == "registered" and prior.face_id:
-            if known is not None or not self.o.check_existing:
-                face_id = prior.face_id if known in (None, prior.face_id) else known
-                outcome = self._resumed(person, row, face_id, prior.request_id)
-            else:
-                # The library wins: the ledger's face is gone, so it is registered again.
-                self.report.reregistered += 1
-                if self.ledger is not None:
-                    await self.ledger.forget_face(row.row_key, "gone from the library")
-                prior = None
-        elif prior is not None and prior.state in ("started", "ambiguous") and known is not None:
+        if decision.kind == "duplicate":
+            outcome = RowOutcome(row, "skipped", face_id=decision.face_id, reason=decision.reason)
+        elif decision.kind == "blocked":
+            outcome = RowOutcome(row, "failed", reason=decision.reason)
+        elif decision.kind == "resumed":
+            assert decision.face_id is not None and prior is not None
+            outcome = self._resumed(person, row, decision.face_id, prior.request_id)
+        elif decision.kind == "reconciled":
+            assert decision.face_id is not None
             # Sent by an earlier run that never heard back; the listing shows it stored.
             self.report.reconciled += 1
             if self.ledger is not None:
                 await self.ledger.registered(
-                    row.row_key, row.row, row.category_id, row.person_id, url, known, None
+                    row.row_key,
+                    row.row,
+                    row.category_id,
+                    row.person_id,
+                    url,
+                    decision.face_id,
+                    None,
                 )
-            outcome = self._resumed(
-                person, row, known, None, "reconciled: found stored after an interrupted run"
-            )
-        elif known is not None:
-            outcome = RowOutcome(row, "skipped", face_id=known, reason="already in the library")
-        elif person.reserved >= MAX_FACES_PER_PERSON:
-            outcome = RowOutcome(
-                row,
-                "skipped",
-                reason=f"cap: person already has {MAX_FACES_PER_PERSON} faces (library and "
-                f"earlier rows); the service allows at most {MAX_FACES_PER_PERSON} per person",
-            )
+            outcome = self._resumed(person, row, decision.face_id, None, decision.reason)
+        elif decision.kind in ("in_library", "cap"):
+            outcome = RowOutcome(row, "skipped", face_id=decision.face_id, reason=decision.reason)
         if outcome is not None:
             if person.task is None and not person.pending and person.key not in self.idle:
                 self._mark_idle(person)
             await self.emit(outcome)
             return
-        person.reserved += 1
-        person.seen[url] = row.row
+        person.accept(row)
         await self.buffered.acquire()
         self.queued += 1
         self.all_done.clear()
