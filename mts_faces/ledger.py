@@ -265,6 +265,11 @@ class Ledger:
         self._last_heartbeat = 0.0
         self._key = str(self.path.resolve())
         self._holding = False
+        self.previous_seen: float | None = None
+        """When the process that held the ledger before this one was last known alive (its
+        last heartbeat plus ``HEARTBEAT_EVERY`` when its lock was taken over, else when its
+        run finished); None for a new ledger. A row it left ``started`` (no answer recorded)
+        may have been sent up to then, so its settle period counts from then at the earliest."""
         self._heartbeat: asyncio.Task[None] | None = None
 
     # --- opening and closing -------------------------------------------------------------------
@@ -320,6 +325,11 @@ class Ledger:
                 if alive:
                     raise LedgerLockedError(str(self.path), host, pid, since)
             self._check_identity(db)
+            finished = db.execute("SELECT MAX(finished_at) FROM runs").fetchone()
+            seen = [float(finished[0])] if finished and finished[0] is not None else []
+            if held is not None:
+                seen.append(min(now, float(held[3]) + HEARTBEAT_EVERY))
+            self.previous_seen = max(seen) if seen else None
             db.execute(
                 "INSERT OR REPLACE INTO lock (id, host, pid, since, heartbeat, token) "
                 "VALUES (1, ?, ?, ?, ?, ?)",
@@ -498,12 +508,18 @@ class Ledger:
         self._queue_write("SELECT 1", ())
         await self._durable()
 
-    async def ambiguous(self, key: str, reason: str) -> None:
-        """The row was sent and no usable answer came: it settles before any resend."""
+    async def ambiguous(self, key: str, reason: str, sent_by: float | None = None) -> None:
+        """The row was sent and no usable answer came: it settles before any resend.
+
+        ``sent_by``: a time at or after the request actually left (it may have waited for the
+        rate limiter after its start was recorded); ``started_at`` moves up to it, so a rerun
+        counts the settle period from it.
+        """
         self._queue_write(
             "UPDATE rows SET state = 'ambiguous', was_ambiguous = 1, reason = ?, "
-            "updated_at = ?, run_id = ? WHERE key = ?",
-            (reason, self.clock(), self.run_id, key),
+            "updated_at = ?, run_id = ?, started_at = MAX(COALESCE(started_at, 0), ?) "
+            "WHERE key = ?",
+            (reason, self.clock(), self.run_id, sent_by or 0.0, key),
         )
 
     async def registered(

@@ -265,9 +265,22 @@ class ServiceCalls:
         # Bulk lane: an async service's interactive calls on the same account go first.
         return {"max_retries": 0, "priority": BULK}
 
-    async def register(self, row: FaceRow) -> RegisteredFace:
-        """One RegisterCustomFace attempt for ``row``."""
+    async def register(
+        self, row: FaceRow, before_send: Callable[[], Awaitable[object]] | None = None
+    ) -> RegisteredFace:
+        """One RegisterCustomFace attempt for ``row``.
+
+        ``before_send`` is awaited once the gate's slot is held, right before the client is
+        called (the settler records the row's durable start there, so waiting for a slot does
+        not eat into the row's settle period); an error it raises releases the slot.
+        """
         await self.gate.acquire()
+        try:
+            if before_send is not None:
+                await before_send()
+        except BaseException:
+            await self.gate.release()
+            raise
         self.in_flight += 1
         started = time.monotonic()
         try:
@@ -377,6 +390,10 @@ class Settler:
             # In flight when an earlier run ended: it settles from its recorded start, and
             # this run's final verification lists its person again.
             started = prior.started_at if prior.started_at is not None else self.clock()
+            if prior.state == "started" and self.ledger is not None:
+                # No answer was recorded: the request may have left after its start, up to
+                # when the earlier run was last seen alive.
+                started = max(started, self.ledger.previous_seen or started)
             deadline = started + self.settle
             self.hooks.ambiguous(row, started)
             if self.ledger is not None:
@@ -401,10 +418,14 @@ class Settler:
                     f"{_reason(last_error)}"
                 )
                 return await self._failed(row, reason, last_error, sent=True)
-            started_at = await self._start(row)
             attempts += 1
+
+            async def record_start() -> None:
+                # After the gate's slot is held: waiting for a slot is not settle time.
+                await self._start(row)
+
             try:
-                face = await self.calls.register(row)
+                face = await self.calls.register(row, record_start)
             except RateLimiterError as exc:
                 # The shared limiter gave up waiting for Redis: nothing was sent, and every
                 # other row would meet the same outage, so the run stops.
@@ -413,10 +434,16 @@ class Settler:
             except AmbiguousOutcomeError as exc:
                 logger.info("row %d: ambiguous outcome (%s); settling", row.row, exc.cause)
                 last_error = exc
-                self.hooks.ambiguous(row, started_at)
+                # The request left after the client's limiter wait, at the latest now: the
+                # settle period counts from here (and the ledger's start moves here too, so a
+                # rerun after a crash counts from it as well).
+                sent_by = self.clock()
+                self.hooks.ambiguous(row, sent_by)
                 if self.ledger is not None:
-                    await self.ledger.ambiguous(row.row_key, f"ambiguous: {exc.cause}")
-                deadline = started_at + self.settle
+                    await self.ledger.ambiguous(
+                        row.row_key, f"ambiguous: {exc.cause}", sent_by=sent_by
+                    )
+                deadline = sent_by + self.settle
                 continue
             except (TransportError, APIError) as exc:
                 if isinstance(exc, AuthenticationError) and exc.code != "SignatureNonceUsed":
