@@ -350,6 +350,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
             entries = _strict(entries)
         precheck = image_precheck(args)  # --check-images: before any quota is spent
         client = _client_from_args(args, **overrides, **limiter_overrides(args))
+        if args.settle is not None and args.settle < client.timeout:
+            sys.stderr.write(
+                f"warning: --settle {args.settle:g} is shorter than the request timeout "
+                f"{client.timeout:g}s: duplicates may remain; `mts-faces verify --repair` "
+                "removes them\n"
+            )
         # The total only feeds the progress bar: without one, the manifest is read once.
         total = None if args.no_progress or args.shard else _count_rows(args.manifest, args.format)
         output: TextIO = sys.stdout
@@ -588,9 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--timeout", type=float, help="seconds one attempt may take, answer included")
     reg.add_argument(
         "--settle",
-        type=float,
+        type=non_negative,
         help="seconds after a lost answer before a row may be sent again (default: 3 x "
-        "timeout, at least 5)",
+        "timeout, at least 5; shorter than --timeout may leave duplicates for verify --repair)",
     )
     reg.add_argument("--output", default="-", help="JSONL of outcomes (default: stdout)")
     reg.add_argument("--strict", action="store_true", help="stop at the first bad row")

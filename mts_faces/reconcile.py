@@ -50,6 +50,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger("mts_faces.registrar")
 
 
+def default_settle(timeout: float) -> float:
+    """The settle period derived from a request timeout: 3 × timeout, at least 5 s.
+
+    A registration whose answer was lost is not sent again until this long after it was
+    sent; a face that appears later than that is left for the end-of-run verification and
+    ``mts-faces verify --repair``. A row an earlier run left in flight is settled with at
+    least this period, whatever ``settle`` the rerun was given.
+    """
+    return max(5.0, 3.0 * timeout)
+
+
 class HasAccessKeyId(Protocol):
     """Credentials as the registrar needs them: only the AccessKeyId (for the ledger)."""
 
@@ -351,9 +362,12 @@ class SettleHooks:
 class Settler:
     """Takes one row to a final outcome: send, and after an ambiguous outcome settle it.
 
-    ``settle``: seconds after a send before absence may be concluded. ``ledger``: records
-    start, ambiguity and outcome (None: memory only, no resume). ``clock``: wall-clock
-    seconds, the ledger's time base.
+    ``settle``: seconds after a send before absence may be concluded. ``inherited_settle``:
+    the same for a row an earlier run left in flight (None: ``settle``; the registrar passes
+    at least :func:`default_settle` of the client's timeout, since the earlier run may have
+    been given a longer period than this one). ``ledger``: records start, ambiguity and
+    outcome (None: memory only, no resume). ``clock``: wall-clock seconds, the ledger's time
+    base.
     """
 
     def __init__(
@@ -368,10 +382,12 @@ class Settler:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        inherited_settle: float | None = None,
     ) -> None:
         self.calls = calls
         self.ledger = ledger
         self.settle = settle
+        self.inherited_settle = settle if inherited_settle is None else inherited_settle
         self.budget = budget
         self.circuit = circuit
         self.hooks = hooks
@@ -394,7 +410,7 @@ class Settler:
                 # No answer was recorded: the request may have left after its start, up to
                 # when the earlier run was last seen alive.
                 started = max(started, self.ledger.previous_seen or started)
-            deadline = started + self.settle
+            deadline = started + self.inherited_settle
             self.hooks.ambiguous(row, started)
             if self.ledger is not None:
                 await self.ledger.ambiguous(row.row_key, "in flight when an earlier run ended")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -32,8 +33,10 @@ from ._outcomes import (
 )
 from .ledger import Ledger, LedgerIdentity
 from .manifest import FaceRow
-from .reconcile import RegistrarClient, RetryBudget
+from .reconcile import RegistrarClient, RetryBudget, default_settle
 from .scheduler import RowInput, Scheduler, SchedulerOptions
+
+logger = logging.getLogger("mts_faces.registrar")
 
 __all__ = [
     "MAX_FAILURES_KEPT",
@@ -51,16 +54,6 @@ __all__ = [
 ]
 
 
-def default_settle(timeout: float) -> float:
-    """The settle period derived from a request timeout: 3 × timeout, at least 5 s.
-
-    A registration whose answer was lost is not sent again until this long after it was
-    sent; a face that appears later than that is left for the end-of-run verification and
-    ``mts-faces verify --repair``.
-    """
-    return max(5.0, 3.0 * timeout)
-
-
 class Registrar:
     """Registers many faces through one client, each row exactly once.
 
@@ -74,7 +67,11 @@ class Registrar:
     ledger refuses at once with :class:`~mts_faces.ledger.LedgerLockedError`.
     ``rebind_ledger``: accept a ledger written for another endpoint or AccessKeyId.
     ``settle``: seconds after an ambiguous registration was sent before it may be sent again
-    (default :func:`default_settle` of the client's timeout).
+    (default :func:`default_settle` of the client's timeout; shorter than the timeout is
+    allowed but logs a warning: duplicates may then remain for ``verify --repair``). Rows an
+    earlier run left in flight settle with at least the default, and the end-of-run
+    verification lists a person no sooner than ``max(settle, timeout)`` after its last
+    ambiguous send.
     ``concurrency``: calls in flight (default: sized from the quota and the observed latency);
     at most the client's ``max_connections`` either way, since a call beyond them could only
     queue for a connection (and the read-ahead buffer, sized from it, would grow for nothing).
@@ -129,6 +126,14 @@ class Registrar:
         self.ledger_path = Path(ledger) if ledger is not None else None
         self.rebind_ledger = rebind_ledger
         self.settle = default_settle(client.timeout) if settle is None else settle
+        if self.settle < client.timeout:
+            logger.warning(
+                "settle %.3gs is shorter than the request timeout %.3gs: a lost answer may be "
+                "sent again before its first request could commit, so duplicates may remain; "
+                "`mts-faces verify --repair` removes them",
+                self.settle,
+                client.timeout,
+            )
         self.budget = RetryBudget(
             max_attempts, listing_attempts, retry_backoff, circuit_threshold=circuit_threshold
         )

@@ -60,6 +60,7 @@ from .reconcile import (
     ServiceCalls,
     SettleHooks,
     Settler,
+    default_settle,
     find_duplicates,
     repair,
 )
@@ -257,6 +258,7 @@ class Scheduler:
             hooks=SettleHooks(self.stopping, self._on_ambiguous, self._on_reconciled),
             clock=options.clock,
             sleep=self.sleep,
+            inherited_settle=max(options.settle, default_settle(client.timeout)),
         )
         self.people: dict[tuple[str, str], Person] = {}
         self.idle: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -583,7 +585,9 @@ class Scheduler:
         for category_id, person_id, latest in persons:
             if self.stopping():
                 return
-            wait = latest + self.o.settle - self.o.clock()
+            # A late commit may land up to the settle period after the send, and no sooner
+            # than the client's timeout: the listing waits for both.
+            wait = latest + max(self.o.settle, self.client.timeout) - self.o.clock()
             if wait > 0:
                 await self.sleep(wait)
             listing = await self._list_for_verify(category_id, person_id)

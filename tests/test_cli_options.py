@@ -56,6 +56,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["unregister", "--category", "c", "--person", "p", "--qps", "-1"], "--qps", "from 1 to"),
         (["demo", "--qps", "0"], "--qps", "from 1 to 1,000,000"),
         (["register", "m.csv", "--qps", "1e300"], "--qps", "from 1 to 1,000,000"),
+        (["register", "m.csv", "--settle", "-5"], "--settle", "must not be negative"),
         (["demo", "--persons", "0"], "--persons", "at least 1"),
         (["demo", "--latency", "-0.1"], "--latency", "must not be negative"),
         (["emulate", "--qps", "-1"], "--qps", "must not be negative"),

@@ -162,3 +162,132 @@ async def test_a_rerun_settles_a_row_left_started_from_when_the_crashed_run_was_
         assert client.sent_at[1] >= 1_032.0 + HEARTBEAT_EVERY + settle
     finally:
         await ledger.aclose()
+
+
+async def test_a_rerun_with_a_short_settle_still_settles_inherited_rows_for_the_default(
+    tmp_path: Any,
+) -> None:
+    from mts_faces.ledger import Ledger, LedgerIdentity
+    from mts_faces.reconcile import default_settle
+
+    time = FakeTime()
+    path = tmp_path / "l.db"
+    identity = LedgerIdentity("fake.example.com", "fake-key")
+    row = FaceRow("stars", "p1", "https://img.example/1.jpg")
+    first = Ledger(path, identity, clock=time.clock).open()
+    await first.start(row.row_key, row.row, row.category_id, row.person_id, row.image_url)
+    await first.aclose()  # ended cleanly at 1000 with the row in flight (drain timed out)
+    time.now = 1_001.0
+    ledger = Ledger(path, identity, clock=time.clock).open()
+    try:
+        prior = ledger.get(row.row_key)
+        client = SlowLimiterClient(time, limiter_wait=0.0)
+        client.sent_at.append(0.0)
+        settler = Settler(
+            ServiceCalls(client, Gate(1)),  # type: ignore[arg-type]
+            ledger,
+            settle=0.0,  # the rerun's --settle 0
+            budget=RetryBudget(),
+            circuit=ListingCircuit(10),
+            hooks=SettleHooks(lambda: False, lambda row, at: None, lambda: None),
+            clock=time.clock,
+            sleep=time.sleep,
+            inherited_settle=max(0.0, default_settle(client.timeout)),
+        )
+        outcome = await settler.register_row(Known(), row, prior)
+        assert outcome.status == "registered"
+        assert client.sent_at[1] >= 1_000.0 + default_settle(client.timeout)
+    finally:
+        await ledger.aclose()
+
+
+async def test_the_registrar_settles_inherited_rows_for_at_least_the_default(
+    tmp_path: Any,
+) -> None:
+    from mts_faces.registrar import Registrar
+    from mts_faces.scheduler import Scheduler
+
+    from .fake_client import FakeClient
+
+    registrar = Registrar(FakeClient(), settle=0.0)  # type: ignore[arg-type]
+    scheduler = Scheduler(
+        registrar.client,
+        None,
+        registrar._options,
+        registrar.report,
+        registrar._stop,
+    )
+    assert scheduler.settler.settle == 0.0
+    assert scheduler.settler.inherited_settle == 5.0  # default_settle(1 s timeout)
+
+
+def test_a_settle_shorter_than_the_timeout_warns_that_duplicates_may_remain(
+    caplog: Any,
+) -> None:
+    import logging
+
+    from mts_faces.registrar import Registrar
+
+    from .fake_client import FakeClient
+
+    with caplog.at_level(logging.WARNING, logger="mts_faces"):
+        Registrar(FakeClient(), settle=0.5)  # type: ignore[arg-type]
+    assert "duplicates may remain" in caplog.text and "verify --repair" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mts_faces"):
+        Registrar(FakeClient(), settle=1.0)  # type: ignore[arg-type]
+    assert caplog.text == ""
+
+
+async def test_with_settle_0_the_end_of_run_verification_waits_for_late_commits() -> None:
+    """settle=0 resends at once, so late commits duplicate; the end-of-run verification
+    waits max(settle, timeout) after each last send and removes them all."""
+    import asyncio
+    from collections import Counter
+
+    from mts_faces import MtsFaceClient
+    from mts_faces.emulator import Emulator, EmulatorConfig
+    from mts_faces.registrar import Registrar
+
+    # Committed 0.45 s after arrival; the client gives up at 0.3 s.
+    config = EmulatorConfig(qps=None, seed=21, late_commit_rate=0.3, late_commit_delay=0.45)
+    data = [
+        FaceRow("stars", f"p{p:03d}", f"https://img.example/{p:03d}/{i}.jpg")
+        for p in range(12)
+        for i in range(4)
+    ]
+    async with Emulator(config) as emulator:
+        kwargs = emulator.client_kwargs(in_process=True, qps=1000, backoff_base=0.01)
+        async with MtsFaceClient(**kwargs, timeout=0.3) as client:
+            registrar = Registrar(client, settle=0.0, retry_backoff=0.01)
+            report = await registrar.register_all(data)
+            await asyncio.sleep(0.6)  # any commit still pending lands now
+            held: Counter[tuple[str, str]] = Counter()
+            for cat in emulator.library()["Category"]:
+                for person in cat["Persons"]["Person"]:
+                    for face in person["Faces"]["Face"]:
+                        held[(person["PersonId"], face["ImageUrl"])] += 1
+    assert emulator.stats.faulted.get("late_commit", 0) >= 5
+    assert report.duplicates_found >= 1  # the control: settle=0 did duplicate
+    assert held == Counter((r.person_id, r.image_url) for r in data)  # all removed
+
+
+def test_the_cli_warns_on_a_settle_shorter_than_the_timeout(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    from mts_faces.cli import main
+    from mts_faces.emulator import Emulator, EmulatorConfig
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("category_id,person_id,image_url\nstars,p1,https://img.example/1.jpg\n")
+    with Emulator.in_thread(EmulatorConfig(qps=None, seed=1)) as emu:
+        monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", emu.key.access_key_id)
+        monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", emu.key.access_key_secret)
+        argv = ["register", str(manifest), "--endpoint", emu.url, "--no-progress"]
+        argv += ["--no-ledger", "--output", str(tmp_path / "out.jsonl"), "--timeout", "2"]
+        assert main([*argv, "--settle", "0"]) == 0
+        err = capsys.readouterr().err
+        assert "--settle 0 is shorter than the request timeout 2s" in err
+        assert "verify --repair" in err and "Traceback" not in err
+        assert main([*argv, "--settle", "2"]) == 0
+        assert "shorter than the request timeout" not in capsys.readouterr().err
