@@ -30,6 +30,7 @@ from ._exceptions import (
     ThrottlingError,
     TransportError,
     api_error,
+    is_retryable,
 )
 from ._http import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -605,13 +606,11 @@ class MtsFaceClient:
 
     @staticmethod
     def _may_retry(operation: Operation, exc: MtsFacesError) -> bool:
+        if not is_retryable(exc):  # e.g. a refused certificate, an answer too large
+            return False
         if isinstance(exc, TransportError):
-            if not exc.retryable:  # a refused certificate, an answer too large
-                return False
             return not exc.request_sent or operation.idempotent
         if isinstance(exc, APIError):
-            if not exc.retryable:
-                return False
             # InternalError may come after the work was done: only idempotent calls repeat it.
             return operation.idempotent or not _may_have_acted(exc)
         return False

@@ -226,3 +226,15 @@ def api_error(body: Any, http_status: int, redact: Callable[[str], str] | None =
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt of the call may succeed: the one rule, used by the client's
+    retries and by the registrar's row budget alike.
+
+    A :class:`TransportError` unless it says ``retryable=False`` (a refused certificate, an
+    unsupported URL, an answer too large); an :class:`APIError` the service calls transient
+    (throttling, busy, internal, a reused nonce); nothing else. Whether a retry is *safe*
+    (the request may have acted) is a separate question: see ``TransportError.request_sent``.
+    """
+    return isinstance(exc, (TransportError, APIError)) and exc.retryable

@@ -38,6 +38,7 @@ from ._exceptions import (
     RateLimiterError,
     ThrottlingError,
     TransportError,
+    is_retryable,
 )
 from ._limiter import BULK, Priority
 from ._models import Acknowledgement, CustomPersons, Face, RegisteredFace
@@ -466,7 +467,7 @@ class Settler:
                     await self._record_failed(row, _reason(exc))
                     raise Fatal(exc) from exc
                 last_error = exc
-                if _retryable(exc):
+                if is_retryable(exc):
                     wait = self.budget.delay(attempts, exc, self.rng)
                     logger.info(
                         "row %d: retry %d/%d in %.2fs after %s",
@@ -650,7 +651,7 @@ async def repair(
                     except NotFoundError:
                         break  # already gone
                     except MtsFacesError as exc:
-                        if attempt == attempts or not _retryable(exc):
+                        if attempt == attempts or not is_retryable(exc):
                             error = f"could not unregister {face_id}: {_reason(exc)}"
                             break
                         await sleep(0.2 * 2**attempt)
@@ -676,12 +677,6 @@ async def repair(
         )
         done.append(repair_record)
     return done
-
-
-def _retryable(exc: MtsFacesError) -> bool:
-    """Worth another try later: a transport failure, or an API error the service calls
-    transient (throttling, busy, internal)."""
-    return isinstance(exc, TransportError) or (isinstance(exc, APIError) and exc.retryable)
 
 
 def _reason(exc: BaseException) -> str:

@@ -291,3 +291,37 @@ def test_the_cli_warns_on_a_settle_shorter_than_the_timeout(
         assert "verify --repair" in err and "Traceback" not in err
         assert main([*argv, "--settle", "2"]) == 0
         assert "shorter than the request timeout" not in capsys.readouterr().err
+
+
+class RefusedClient(SlowLimiterClient):
+    """Every request fails with a transport error no retry can cure (a refused certificate)."""
+
+    async def register_custom_face(self, *a: Any, **k: Any) -> RegisteredFace:
+        self.sent_at.append(self.time.now)
+        raise TransportError("certificate verify failed", request_sent=False, retryable=False)
+
+
+async def test_a_non_retryable_transport_error_is_not_retried_by_the_row_budget() -> None:
+    from mts_faces._exceptions import ThrottlingError, is_retryable
+
+    time = FakeTime()
+    client = RefusedClient(time, limiter_wait=0.0)
+    settler = Settler(
+        ServiceCalls(client, Gate(1)),  # type: ignore[arg-type]
+        None,
+        settle=1.0,
+        budget=RetryBudget(max_attempts=6),
+        circuit=ListingCircuit(10),
+        hooks=SettleHooks(lambda: False, lambda row, at: None, lambda: None),
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    row = FaceRow("stars", "p1", "https://img.example/1.jpg")
+    outcome = await settler.register_row(Known(), row, None)
+    assert outcome.status == "failed" and "certificate verify failed" in (outcome.reason or "")
+    assert len(client.sent_at) == 1  # the client would not retry it either
+    # The one predicate both use.
+    assert not is_retryable(TransportError("x", request_sent=False, retryable=False))
+    assert is_retryable(TransportError("x", request_sent=True))
+    assert is_retryable(ThrottlingError("Throttling", "busy", http_status=503))
+    assert not is_retryable(ValueError("not ours"))
