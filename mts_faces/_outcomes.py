@@ -121,6 +121,10 @@ class Progress:
         return max(0.0, (self.total - self.done) * self.elapsed / self.done)
 
 
+NOT_CHECKED = "from ledger, not checked against the library (--no-check-existing)"
+"""The reason of a row taken as registered from the ledger without listing its library."""
+
+
 @attrs.define
 class RegistrationReport:
     """Counts, FaceIds by person, repairs, elapsed time and achieved call rate of one run."""
@@ -133,6 +137,11 @@ class RegistrationReport:
     """rows read but never sent because the run stopped (rerun to do them)."""
     resumed: int = 0
     """registered rows taken from the ledger (their face checked in the library when listed)."""
+    unchecked: int = 0
+    """of the resumed rows, those taken from the ledger without listing the library
+    (``check_existing=False``): their faces may be gone."""
+    library_checked: bool = True
+    """False when the run did not list the libraries (``check_existing=False``)."""
     reconciled: int = 0
     """ambiguous registrations found stored by listing the person."""
     ambiguous: int = 0
@@ -177,6 +186,8 @@ class RegistrationReport:
             self.registered += 1
             if outcome.resumed:
                 self.resumed += 1
+                if outcome.reason == NOT_CHECKED:
+                    self.unchecked += 1
             if collect_faces and outcome.face_id and isinstance(outcome.row, FaceRow):
                 key = (outcome.row.category_id, outcome.row.person_id)
                 self.faces.setdefault(key, []).append(outcome.face_id)

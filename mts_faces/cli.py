@@ -239,6 +239,12 @@ def print_summary(report: RegistrationReport, stream: TextIO | None = None) -> N
         f" skipped {report.skipped:,}, failed {report.failed:,}"
         f" (in doubt {report.in_doubt:,}), not attempted {report.not_attempted:,}\n"
     )
+    if not report.library_checked:
+        out.write(
+            f"  NOTE: the library was not checked (--no-check-existing): {report.unchecked:,} "
+            "rows counted as registered from the ledger alone; their faces may be gone "
+            "(run without --no-check-existing to check them)\n"
+        )
     if report.duplicates_found:
         out.write(f"  duplicates found {report.duplicates_found:,}, repaired {report.repaired:,}\n")
     for reason, count in sorted(report.skip_reasons.items(), key=lambda kv: -kv[1]):

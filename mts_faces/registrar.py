@@ -161,7 +161,7 @@ class Registrar:
             precheck=precheck,
         )
         self._clock = clock
-        self.report = RegistrationReport()
+        self.report = RegistrationReport(library_checked=check_existing)
         self._stop = asyncio.Event()
         self._started = False
 

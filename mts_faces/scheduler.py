@@ -47,7 +47,7 @@ from ._exceptions import (
 )
 from ._models import CustomPersons
 from ._operations import MAX_FACES_PER_PERSON
-from ._outcomes import NOT_ATTEMPTED, Progress, RegistrationReport, Repair, RowOutcome
+from ._outcomes import NOT_ATTEMPTED, NOT_CHECKED, Progress, RegistrationReport, Repair, RowOutcome
 from .manifest import BadRow, FaceRow, ManifestEntry, build_row
 from .reconcile import (
     Fatal,
@@ -157,7 +157,8 @@ def decide_admission(
     if prior is not None and prior.state == "registered" and prior.face_id:
         if known is not None or not check_existing:
             face_id = prior.face_id if known in (None, prior.face_id) else known
-            return Admission("resumed", face_id)
+            # Without a listing the ledger is trusted: say so, the face may be gone.
+            return Admission("resumed", face_id, NOT_CHECKED if known is None else None)
         forget = True
     elif prior is not None and prior.state in ("started", "ambiguous") and known is not None:
         return Admission("reconciled", known, "reconciled: found stored after an interrupted run")
@@ -455,7 +456,9 @@ class Scheduler:
             outcome = RowOutcome(row, "failed", reason=decision.reason)
         elif decision.kind == "resumed":
             assert decision.face_id is not None and prior is not None
-            outcome = self._resumed(person, row, decision.face_id, prior.request_id)
+            outcome = self._resumed(
+                person, row, decision.face_id, prior.request_id, decision.reason
+            )
         elif decision.kind == "reconciled":
             assert decision.face_id is not None
             # Sent by an earlier run that never heard back; the listing shows it stored.

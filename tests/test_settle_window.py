@@ -325,3 +325,36 @@ async def test_a_non_retryable_transport_error_is_not_retried_by_the_row_budget(
     assert is_retryable(TransportError("x", request_sent=True))
     assert is_retryable(ThrottlingError("Throttling", "busy", http_status=503))
     assert not is_retryable(ValueError("not ours"))
+
+
+async def test_no_check_existing_says_rows_from_the_ledger_were_not_checked(
+    tmp_path: Any,
+) -> None:
+    import io
+
+    from mts_faces._outcomes import NOT_CHECKED
+    from mts_faces.cli import print_summary
+    from mts_faces.registrar import Registrar
+
+    from .fake_client import FakeClient
+
+    client = FakeClient()
+    data = [FaceRow("stars", f"p{p}", f"https://img.example/{p}.jpg") for p in range(5)]
+    first = await Registrar(client, ledger=tmp_path / "l.db").register_all(data)  # type: ignore[arg-type]
+    assert first.registered == 5 and first.library_checked
+    client.store.clear()  # the library was emptied behind the ledger's back
+    calls = client.attempts
+    rerun = Registrar(client, ledger=tmp_path / "l.db", check_existing=False)  # type: ignore[arg-type]
+    outcomes = [o async for o in rerun.run(data)]
+    assert client.attempts == calls  # trusted the ledger: nothing listed or sent
+    assert {o.reason for o in outcomes} == {NOT_CHECKED}
+    assert rerun.report.unchecked == 5 and not rerun.report.library_checked
+    summary = io.StringIO()
+    print_summary(rerun.report, summary)
+    assert "NOTE: the library was not checked (--no-check-existing): 5 rows" in summary.getvalue()
+    # With the check (the default) the rows are found gone and registered again.
+    again = await Registrar(client, ledger=tmp_path / "l.db").register_all(data)  # type: ignore[arg-type]
+    assert again.reregistered == 5 and again.unchecked == 0
+    summary = io.StringIO()
+    print_summary(again, summary)
+    assert "not checked" not in summary.getvalue()
