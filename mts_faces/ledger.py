@@ -5,7 +5,9 @@ What it holds (``sqlite3 ledger.db`` reads it; the README documents the tables):
 * ``identity``: the endpoint host and AccessKeyId (never the secret) the ledger belongs to,
   and its schema version. A run against another endpoint or account refuses unless told.
 * ``lock``: the process that holds the ledger (host, PID, since, last heartbeat). A second
-  process refuses at once with a message naming it; the lock of a dead process is taken over.
+  process refuses at once with a message naming it; the lock of a dead process, or of one
+  whose heartbeat is older than ``STALE_HEARTBEAT`` (its PID may have been reused), is taken
+  over.
 * ``runs``: one line per run (start, end, host, PID, version).
 * ``categories``: the libraries the ledger has rows for.
 * ``rows``: one line per face (category, person, image URL), indexed by its key and by
@@ -45,9 +47,12 @@ import attrs
 from ._exceptions import MtsFacesError
 
 SCHEMA_VERSION = 1
-STALE_HEARTBEAT = 120.0
-"""Seconds without a heartbeat after which another host's lock counts as abandoned."""
 HEARTBEAT_EVERY = 10.0
+"""Seconds between refreshes of the lock's heartbeat while a run holds the ledger."""
+STALE_HEARTBEAT = 12 * HEARTBEAT_EVERY
+"""Seconds without a heartbeat (12 × ``HEARTBEAT_EVERY``) after which a lock counts as
+abandoned: always for another host's holder, and on this host even when a process with the
+holder's PID is alive (the PID may have been reused by an unrelated process)."""
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 RowState = Literal["started", "ambiguous", "registered", "failed"]
@@ -319,7 +324,8 @@ class Ledger:
                 if host == self.host and pid == self.pid:
                     alive = self._key in _HELD  # another Ledger of this process holds it
                 elif host == self.host:
-                    alive = _pid_alive(pid)
+                    # A live PID with a stale heartbeat is not the holder: PIDs are reused.
+                    alive = _pid_alive(pid) and now - heartbeat < STALE_HEARTBEAT
                 else:
                     alive = now - heartbeat < STALE_HEARTBEAT
                 if alive:

@@ -358,3 +358,26 @@ async def test_no_check_existing_says_rows_from_the_ledger_were_not_checked(
     summary = io.StringIO()
     print_summary(again, summary)
     assert "not checked" not in summary.getvalue()
+
+
+def test_a_lock_whose_pid_was_reused_is_taken_over_once_its_heartbeat_is_stale(
+    tmp_path: Any,
+) -> None:
+    from mts_faces.ledger import STALE_HEARTBEAT, Ledger, LedgerIdentity, LedgerLockedError
+
+    time = FakeTime()
+    path = tmp_path / "l.db"
+    identity = LedgerIdentity("fake.example.com", "fake-key")
+    Ledger(path, identity, clock=time.clock).open().close_sync()
+    # PID 1 is always alive (init), but its heartbeat is ancient: not the holder.
+    _crash(path, 1, heartbeat=time.now - 10 * STALE_HEARTBEAT)
+    ledger = Ledger(path, identity, clock=time.clock).open()
+    ledger.close_sync()
+    # A live PID with a fresh heartbeat still holds it.
+    _crash(path, 1, heartbeat=time.now - 1.0)
+    try:
+        Ledger(path, identity, clock=time.clock).open().close_sync()
+    except LedgerLockedError as exc:
+        assert "PID 1" in str(exc)
+    else:
+        raise AssertionError("a live holder's lock was taken over")
