@@ -85,7 +85,11 @@ def command(emu: EmulatorThread, manifest: Path, ledger: Path, output: Path) -> 
         "--ledger",
         str(ledger),
         "--settle",
-        "1.0",
+        "2.0",
+        # Short, so that the rerun's settling of the killed run's in-flight rows (at least
+        # 3 x timeout) and the end-of-run verification keep the test short.
+        "--timeout",
+        "2.0",
         "--output",
         str(output),
         "--qps",
