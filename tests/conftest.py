@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# No test, nor any program a test starts, may ask a real ECS metadata server (a link-local
+# address off this machine): the official credentials chain would, when it finds no keys.
+# The chain's own tests set up their child processes' environment from scratch.
+os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
 
 SECRET = "unit-test-secret/+=Zq9"
 TOKEN = "CAIS+sts/token=value~9"
