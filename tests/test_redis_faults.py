@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 import math
 import random
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,38 +22,15 @@ from redis.asyncio import Redis
 
 from mts_faces import Grant, RateLimiterError, RedisWindowLimiter
 
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server binary on PATH")
+from .redis_server import REDIS_SERVER, SKIP_REASON, free_port, start_redis
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
 _keys = count()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    assert REDIS_SERVER is not None
-    command = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return process
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.02)  # waiting for a child process to listen, not checking a rate
 
 
 @pytest.fixture
 def server() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    port = _free_port()
+    port = free_port()
     processes = [start_redis(port)]
     yield port, processes
     for process in processes:

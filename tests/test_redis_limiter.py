@@ -10,9 +10,6 @@ import asyncio
 import bisect
 import math
 import random
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
@@ -28,60 +25,18 @@ from mts_faces import AimdPolicy, ConfigurationError, Limiter, RateLimiterError,
 from mts_faces._redis_limiter import MAX_DRIFT, ServerClock
 from mts_faces._window import WindowSchedule
 
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="no redis-server binary on PATH (apt-get install redis-server)"
-)
+from .redis_server import REDIS_SERVER, SKIP_REASON, free_port, redis_server
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
 _keys = count()
 # Reservations however far ahead: these tests' fake sleep does not move their fake clock.
 UNBOUNDED: dict[str, Any] = {"bulk_horizon": None, "interactive_horizon": None}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    assert REDIS_SERVER is not None
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            REDIS_SERVER,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
-            time.sleep(0.02)  # waiting for a child process to listen, not checking a rate
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with redis_server() as url:
+        yield url
 
 
 @pytest.fixture
@@ -300,7 +255,7 @@ async def test_successes_count_when_a_batch_also_holds_a_throttle(
 
 async def test_feedback_survives_a_failed_round_trip() -> None:
     client = Redis(
-        host="127.0.0.1", port=_free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
     )
     limiter = RedisWindowLimiter(client, key=new_key(), outage_timeout=0)
     limiter.on_throttled()

@@ -5,11 +5,8 @@ redis-server register 4,000 rows, each stored once, never more than the quota in
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +18,10 @@ from mts_faces.emulator import Emulator, EmulatorConfig
 from mts_faces.manifest import BadRow, FaceRow
 from mts_faces.shards import Shard, shard_of
 
+from .redis_server import REDIS_SERVER, SKIP_REASON, redis_server
 from .soak_harness import stored_faces
 
 REPO = Path(__file__).resolve().parents[1]
-REDIS_SERVER = shutil.which("redis-server")
 
 
 def test_shard_parse_and_errors() -> None:
@@ -61,40 +58,12 @@ def test_shard_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "K <= N" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     if REDIS_SERVER is None:
-        pytest.skip("no redis-server binary on PATH")
-    port = _free_port()
-    process = subprocess.Popen(
-        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
-            time.sleep(0.02)  # waiting for a child process to listen
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+        pytest.skip(SKIP_REASON)
+    with redis_server() as url:
+        yield url
 
 
 PERSONS, FACES, QPS = 400, 10, 1000
