@@ -27,6 +27,7 @@ from ._rows_ledger import ledger_rows
 from ._rows_memory import memory_rows
 from ._rows_network import network_rows
 from ._rows_quota import quota_rows
+from ._rows_settle import settle_rows
 from ._rows_shards import shard_rows
 from ._rows_telemetry import telemetry_rows
 from .shared import shared_quota_row
@@ -50,6 +51,7 @@ SECTIONS: dict[str, Callable[[Sizes, list[dict[str, Any]]], list[Row]]] = {
     "ledger": ledger_rows,
     "telemetry": telemetry_rows,
     "shards": shard_rows,
+    "settle": settle_rows,
 }
 
 

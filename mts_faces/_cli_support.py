@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from ._credentials import AlibabaCloudCredentials
 from ._extras import missing_module_message
 from ._window import MAX_QPS, call_limit
+from .imagekey import ImageKeys
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -66,6 +67,34 @@ def log_level(text: str) -> str:
             f"unknown level {text!r}; use one of {', '.join(LOG_LEVELS)}"
         )
     return name
+
+
+def url_param(text: str) -> str:
+    """An argparse type: a query parameter name (not empty, no ``=`` or ``&``)."""
+    name = text.strip()
+    if not name or "=" in name or "&" in name:
+        raise argparse.ArgumentTypeError(f"not a query parameter name: {text!r}")
+    return name
+
+
+def add_image_key_option(parser: argparse.ArgumentParser) -> None:
+    """``--ignore-url-param NAME`` (repeatable): more query parameters that are not part of
+    an image's identity."""
+    parser.add_argument(
+        "--ignore-url-param",
+        action="append",
+        default=[],
+        type=url_param,
+        metavar="NAME",
+        help="a query parameter that does not change the image (a token, a signature), left "
+        "out of the image's identity; repeatable. The signing parameters of OSS (V1, V4) and "
+        "CDN URL auth are left out already",
+    )
+
+
+def image_keys_from(args: argparse.Namespace) -> ImageKeys:
+    """The image-key rule ``--ignore-url-param`` describes."""
+    return ImageKeys().ignoring(*getattr(args, "ignore_url_param", ()))
 
 
 def add_logging_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:

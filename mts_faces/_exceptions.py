@@ -122,12 +122,15 @@ class TransportError(MtsFacesError):
     ``request_sent=True``: it was sent, or may have been, and the answer was lost.
     ``retryable=False`` marks failures another attempt cannot cure: a refused certificate,
     an unsupported URL, an answer too large.
+    ``written_at``: ``time.monotonic()`` when the request had been written out whole, when
+    the transport could tell (None: unknown, or never written).
     """
 
     def __init__(self, message: str, *, request_sent: bool, retryable: bool = True) -> None:
         super().__init__(message)
         self.request_sent = request_sent
         self._retryable = retryable
+        self.written_at: float | None = None
 
     @property
     def retryable(self) -> bool:
@@ -158,6 +161,12 @@ class AmbiguousOutcomeError(MtsFacesError):
         super().__init__(f"{action} may or may not have taken effect: {cause}")
         self.action = action
         self.cause = cause
+
+    @property
+    def written_at(self) -> float | None:
+        """``time.monotonic()`` when the request had been written out whole, when the
+        transport could tell (None: unknown); the service may have acted on it only after."""
+        return self.cause.written_at if isinstance(self.cause, TransportError) else None
 
 
 class ResponseFormatError(MtsFacesError):

@@ -28,6 +28,7 @@ import math
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -116,8 +117,25 @@ class SharedTransport(Protocol):
         ...
 
 
+class SendMark:
+    """When one request had been written out whole (``time.monotonic()``), as far as its
+    backend can tell: httpx (over httpcore) and aiohttp report it; other transports leave
+    ``at`` None."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def written(self) -> None:
+        """The request has been written (so far): now."""
+        self.at = time.monotonic()
+
+
 class _Backend(Protocol):
-    async def post(self, url: str, headers: Mapping[str, str], limit: int) -> RawResponse: ...
+    async def post(
+        self, url: str, headers: Mapping[str, str], limit: int, mark: SendMark
+    ) -> RawResponse: ...
 
     async def aclose(self) -> None: ...
 
@@ -204,17 +222,24 @@ class HttpTransport:
         """
         deadline = self.timeout if timeout is None else check_seconds("timeout", timeout)
         scope = asyncio.timeout(deadline)
+        mark = SendMark()
         try:
             async with scope:
-                return await self._impl.post(url, headers, self.max_response_bytes)
+                return await self._impl.post(url, headers, self.max_response_bytes, mark)
         except TimeoutError as exc:
             if not scope.expired():
                 raise
             # The deadline cannot tell whether the request left: count it as sent (the safe
             # side for a call that must not be repeated blindly).
-            raise RequestTimeoutError(
+            error = RequestTimeoutError(
                 f"request sent, no complete answer within {deadline:g} s", request_sent=True
-            ) from exc
+            )
+            error.written_at = mark.at
+            raise error from exc
+        except TransportError as exc:
+            if exc.request_sent:
+                exc.written_at = mark.at
+            raise
 
     async def aclose(self) -> None:
         """Close the pool (a lent httpx client stays open: its owner closes it)."""
@@ -280,12 +305,23 @@ class _HttpxBackend:
         if isinstance(transport, SharedTransport):
             transport.share()
 
-    async def post(self, url: str, headers: Mapping[str, str], limit: int) -> RawResponse:
+    async def post(
+        self, url: str, headers: Mapping[str, str], limit: int, mark: SendMark
+    ) -> RawResponse:
+        async def trace(event: str, info: Mapping[str, object]) -> None:
+            # httpcore's events: the empty body's "complete" comes once the request is out.
+            if event.endswith(("send_request_headers.complete", "send_request_body.complete")):
+                mark.written()
+
         try:
             # follow_redirects=False holds for a lent client too: a signed request goes nowhere
             # else than the endpoint it was signed for.
             async with self._client.stream(
-                "POST", url, headers=headers, follow_redirects=False
+                "POST",
+                url,
+                headers=headers,
+                follow_redirects=False,
+                extensions={"trace": trace},
             ) as response:
                 declared = response.headers.get("content-length", "")
                 _check_length(int(declared) if declared.isdigit() else None, limit)
@@ -350,8 +386,11 @@ class _AiohttpBackend:
             keepalive_timeout=30.0,
             ssl=self._ssl,
         )
+        tracing = aio.TraceConfig()
+        tracing.on_request_headers_sent.append(_headers_sent)
         session: aiohttp.ClientSession = aio.ClientSession(
             connector=connector,
+            trace_configs=[tracing],
             timeout=self._timeout,
             # The service sets no cookie we need, and credentials come from our signer only.
             cookie_jar=aio.DummyCookieJar(),
@@ -362,7 +401,9 @@ class _AiohttpBackend:
         )
         return session
 
-    async def post(self, url: str, headers: Mapping[str, str], limit: int) -> RawResponse:
+    async def post(
+        self, url: str, headers: Mapping[str, str], limit: int, mark: SendMark
+    ) -> RawResponse:
         session = self._session
         if session is None:
             if self._closed:
@@ -373,7 +414,10 @@ class _AiohttpBackend:
             # encoded=True: the query is already percent-encoded exactly as it was signed;
             # letting yarl re-quote it would break the signature.
             async with session.post(
-                self._url(url, encoded=True), headers=headers, allow_redirects=False
+                self._url(url, encoded=True),
+                headers=headers,
+                allow_redirects=False,
+                trace_request_ctx=mark,
             ) as response:
                 # The declared length is the compressed size: refused early when above the
                 # cap, and the decompressed bytes are counted as they come all the same.
@@ -392,6 +436,13 @@ class _AiohttpBackend:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _headers_sent(session: object, context: Any, params: object) -> None:
+    # aiohttp's tracing signal; the request's SendMark travels as its trace_request_ctx.
+    mark = getattr(context, "trace_request_ctx", None)
+    if isinstance(mark, SendMark):
+        mark.written()
 
 
 def _aiohttp_ssl(verify: Verify) -> ssl.SSLContext | bool:

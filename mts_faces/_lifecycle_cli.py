@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 from urllib.parse import urlsplit
 
+from ._cli_support import add_image_key_option, image_keys_from
 from .lifecycle import (
     EXPORT_FIELDS,
     PlannedRow,
@@ -74,6 +75,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                     keep=args.show,
                     on_row=on_row,
                     precheck=precheck,
+                    image_keys=image_keys_from(args),
                 )
 
         result = asyncio.run(main())
@@ -176,7 +178,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     async def make_plan() -> SyncPlan:
         async with planning:
             return await plan_sync(
-                planning, rows, args.category, prune=args.prune, keep=args.show, shard=args.shard
+                planning,
+                rows,
+                args.category,
+                prune=args.prune,
+                keep=args.show,
+                shard=args.shard,
+                image_keys=image_keys_from(args),
             )
 
     found = asyncio.run(make_plan())
@@ -213,6 +221,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                     progress=not args.no_progress,
                     concurrency=args.concurrency,
                     precheck=(lambda row: precheck(row.image_url)) if precheck else None,
+                    image_keys=image_keys_from(args),
                 )
                 renamed = await apply_renames(client, found.renames, client.tag_custom_person)
             await close_limiter(client)
@@ -436,6 +445,7 @@ def add_parsers(sub: Any) -> None:
     )
     cli._add_client_options(pln)
     add_image_options(pln)
+    add_image_key_option(pln)
     pln.set_defaults(run=_cmd_plan)
 
     exp = sub.add_parser("export", help="write libraries out as a manifest (CSV or JSON Lines)")
@@ -469,6 +479,7 @@ def add_parsers(sub: Any) -> None:
     syn.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     cli._add_client_options(syn)
     add_image_options(syn)
+    add_image_key_option(syn)
     add_shard_options(syn)
     syn.set_defaults(run=_cmd_sync)
 

@@ -22,10 +22,12 @@ from typing import IO, Any, TextIO
 
 from . import __version__
 from ._cli_support import (
+    add_image_key_option,
     add_logging_options,
     at_least_one,
     command_logging,
     fetch_credentials_now,
+    image_keys_from,
     level_from_args,
     missing_extra,
     non_negative,
@@ -37,6 +39,7 @@ from ._exceptions import AuthenticationError, MtsFacesError
 from ._http import fast_backend
 from ._progress import ProgressBar
 from ._run_report import REPORT_HELP, check_report_extra, run_report
+from .imagekey import ImageKeys
 from .ledger import LedgerError
 from .manifest import BadRow, FaceRow, ManifestEntry, read_manifest, sniff_format
 from .registrar import Registrar, RegistrationReport
@@ -175,10 +178,12 @@ async def register_rows(
     concurrency: int | None = None,
     collect_faces: bool = False,
     precheck: Callable[[FaceRow], str | None] | None = None,
+    image_keys: ImageKeys | None = None,
 ) -> RegistrationReport:
     """Register ``entries``, writing one JSON line per outcome to ``output`` (and one
     ``{"event": "repair", ...}`` line per duplicate the end-of-run verification found).
     ``precheck``: a reason it gives for a row skips it unsent (``--check-images``).
+    ``image_keys``: how images are keyed (``--ignore-url-param``).
 
     Raises :class:`RunAborted` (with the report) when the ledger or the credentials fail.
     """
@@ -194,6 +199,7 @@ async def register_rows(
         concurrency=concurrency,
         collect_faces=collect_faces,
         precheck=precheck,
+        image_keys=image_keys,
     )
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -386,6 +392,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                     check_existing=not args.no_check_existing,
                     concurrency=args.concurrency,
                     precheck=precheck,
+                    image_keys=image_keys_from(args),
                 )
 
         try:
@@ -418,8 +425,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with _client_from_args(args) as client:
             listing = await client.list_custom_persons(args.category, args.person)
-            duplicates = list(find_duplicates(listing))
-            keep = read_face_ids(args.ledger) if args.ledger else (lambda dup: None)
+            keys = image_keys_from(args)
+            duplicates = list(find_duplicates(listing, keys))
+            keep = read_face_ids(args.ledger, keys) if args.ledger else (lambda dup: None)
             calls = ServiceCalls(client, Gate(4))
             done = await repair(calls, duplicates, keep, apply=args.repair)
         faces = sum(1 for _ in listing.iter_faces())
@@ -429,7 +437,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         action = "removed" if args.repair else "would remove (dry run; --repair removes them)"
         failed = [r for r in done if r.error]
         sys.stderr.write(
-            f"verify {args.category}: {faces:,} faces, {len(done):,} image URLs stored more "
+            f"verify {args.category}: {faces:,} faces, {len(done):,} images stored more "
             f"than once, {extras:,} extra FaceIds {action}\n"
         )
         for record in failed:
@@ -620,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._lifecycle_cli import add_image_options, add_shard_options
 
     add_image_options(reg)
+    add_image_key_option(reg)
     add_shard_options(reg)
     reg.set_defaults(run=_cmd_register)
 
@@ -639,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     unreg.set_defaults(run=_cmd_unregister)
 
     ver = sub.add_parser(
-        "verify", help="find faces stored twice (same person and image URL) in a library"
+        "verify", help="find faces stored twice (same person and image) in a library"
     )
     ver.add_argument("--category", required=True, help="the CategoryId to check")
     ver.add_argument("--person", help="only this PersonId")
@@ -647,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="unregister the extra FaceIds (default: dry run)"
     )
     ver.add_argument("--ledger", help="keep the FaceIds this ledger holds (else the first listed)")
+    add_image_key_option(ver)
     _add_client_options(ver)
     ver.set_defaults(run=_cmd_verify)
 

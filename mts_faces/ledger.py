@@ -45,8 +45,11 @@ from typing import Any, Literal
 import attrs
 
 from ._exceptions import MtsFacesError
+from .imagekey import DEFAULT_IMAGE_KEYS, ImageKeys
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 keys rows by image key (:mod:`mts_faces.imagekey`), not raw URL; a version 1
+ledger is migrated in place when opened for a run."""
 HEARTBEAT_EVERY = 10.0
 """Seconds between refreshes of the lock's heartbeat while a run holds the ledger."""
 STALE_HEARTBEAT = 12 * HEARTBEAT_EVERY
@@ -56,6 +59,30 @@ holder's PID is alive (the PID may have been reused by an unrelated process)."""
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 RowState = Literal["started", "ambiguous", "registered", "failed"]
+
+_ROWS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    key TEXT PRIMARY KEY,
+    person TEXT NOT NULL,
+    category_id TEXT NOT NULL,
+    person_id TEXT NOT NULL,
+    image_url TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    face_id TEXT,
+    request_id TEXT,
+    started_at REAL,
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    was_ambiguous INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    run_id INTEGER
+) WITHOUT ROWID;
+"""
+_ROWS_INDEXES = """
+CREATE INDEX IF NOT EXISTS rows_by_person ON rows (person);
+CREATE INDEX IF NOT EXISTS rows_ambiguous ON rows (run_id) WHERE was_ambiguous = 1;
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identity (
@@ -82,25 +109,6 @@ CREATE TABLE IF NOT EXISTS categories (
     category TEXT PRIMARY KEY,
     category_id TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS rows (
-    key TEXT PRIMARY KEY,
-    person TEXT NOT NULL,
-    category_id TEXT NOT NULL,
-    person_id TEXT NOT NULL,
-    image_url TEXT NOT NULL,
-    row INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    face_id TEXT,
-    request_id TEXT,
-    started_at REAL,
-    updated_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    was_ambiguous INTEGER NOT NULL DEFAULT 0,
-    reason TEXT,
-    run_id INTEGER
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rows_by_person ON rows (person);
-CREATE INDEX IF NOT EXISTS rows_ambiguous ON rows (run_id) WHERE was_ambiguous = 1;
 CREATE TABLE IF NOT EXISTS removals (
     key TEXT PRIMARY KEY,
     category_id TEXT NOT NULL,
@@ -161,6 +169,12 @@ class LedgerRow:
     attempts: int
     was_ambiguous: bool
     reason: str | None
+
+    def identity(self, keys: ImageKeys = DEFAULT_IMAGE_KEYS) -> str:
+        """The image's identity (see :meth:`~mts_faces.manifest.FaceRow.identity`): the
+        explicit key the row was recorded under, else the key of the URL last sent."""
+        image = self.key.split("\x1f", 2)[-1]
+        return image if image.startswith("key:") else keys.key(self.image_url)
 
 
 _ROW_COLUMNS = (
@@ -233,6 +247,10 @@ class Ledger:
     (which records the new identity). ``clock``: wall-clock seconds (row start times must
     mean the same across processes). ``synchronous``: SQLite's ``synchronous`` pragma;
     ``FULL`` (default) makes every commit survive a power cut, ``NORMAL`` a process crash.
+    ``image_keys``: how rows are keyed by image (:class:`~mts_faces.imagekey.ImageKeys`); a
+    ledger written under another rule (or by a version keying raw URLs) is re-keyed in place
+    when opened, rows that turn out to be one face merged (the one in flight kept first, then
+    the registered one).
     """
 
     def __init__(
@@ -240,6 +258,7 @@ class Ledger:
         path: str | os.PathLike[str],
         identity: LedgerIdentity,
         *,
+        image_keys: ImageKeys = DEFAULT_IMAGE_KEYS,
         rebind: bool = False,
         clock: Callable[[], float] = time.time,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
@@ -247,6 +266,7 @@ class Ledger:
     ) -> None:
         self.path = Path(path)
         self.identity = identity
+        self.image_keys = image_keys
         self.clock = clock
         self._rebind = rebind
         self._synchronous = synchronous
@@ -288,7 +308,7 @@ class Ledger:
         _check_not_journal(self.path)
         try:
             self._writer = self._connect()
-            self._writer.executescript(_SCHEMA)
+            self._writer.executescript(_SCHEMA + _ROWS_TABLE.format(name="rows") + _ROWS_INDEXES)
             self._take_lock()
             self._reader = self._connect()
         except sqlite3.Error as exc:
@@ -360,11 +380,13 @@ class Ledger:
             "schema_version": str(SCHEMA_VERSION),
             "endpoint_host": self.identity.endpoint_host,
             "access_key_id": self.identity.access_key_id,
+            "image_key_rule": self.image_keys.rule,
         }
-        if stored.get("schema_version", wanted["schema_version"]) != wanted["schema_version"]:
+        version = stored.get("schema_version", wanted["schema_version"])
+        if version not in ("1", wanted["schema_version"]):
             raise LedgerError(
-                f"ledger {self.path} has schema version {stored['schema_version']}; this "
-                f"version of mts-faces reads version {SCHEMA_VERSION}"
+                f"ledger {self.path} has schema version {version}; this version of mts-faces "
+                f"reads versions 1 to {SCHEMA_VERSION}"
             )
         for name in ("endpoint_host", "access_key_id"):
             if name in stored and stored[name] != wanted[name] and not self._rebind:
@@ -374,6 +396,9 @@ class Ledger:
                     f"{wanted[name]!r}; use another ledger, or rebind it explicitly "
                     "(its rows are then checked against this account's library)"
                 )
+        if stored and stored.get("image_key_rule") != wanted["image_key_rule"]:
+            # Version 1 keyed raw URLs; a later one may have had another rule.
+            _rekey(db, self.image_keys)
         db.executemany(
             "INSERT OR REPLACE INTO identity (name, value) VALUES (?, ?)", wanted.items()
         )
@@ -489,7 +514,8 @@ class Ledger:
             "started_at, updated_at, attempts, run_id) VALUES (?, ?, ?, ?, ?, ?, 'started', ?, "
             "?, 1, ?) ON CONFLICT (key) DO UPDATE SET state = 'started', started_at = "
             "excluded.started_at, updated_at = excluded.updated_at, attempts = attempts + 1, "
-            "row = excluded.row, run_id = excluded.run_id, reason = NULL",
+            "row = excluded.row, run_id = excluded.run_id, reason = NULL, "
+            "image_url = excluded.image_url",
             (
                 key,
                 _person_key(category_id, person_id),
@@ -546,7 +572,8 @@ class Ledger:
             "face_id, request_id, updated_at, reason, run_id) VALUES (?, ?, ?, ?, ?, ?, "
             "'registered', ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET state = 'registered', "
             "face_id = excluded.face_id, request_id = excluded.request_id, updated_at = "
-            "excluded.updated_at, reason = excluded.reason, row = excluded.row",
+            "excluded.updated_at, reason = excluded.reason, row = excluded.row, "
+            "image_url = excluded.image_url",
             (
                 key,
                 _person_key(category_id, person_id),
@@ -681,6 +708,42 @@ def _resolve(future: asyncio.Future[None], error: LedgerError | None) -> None:
         future.set_exception(error)
 
 
+_STATE_RANK = (
+    "CASE state WHEN 'started' THEN 3 WHEN 'ambiguous' THEN 3 WHEN 'registered' THEN 2 ELSE 1 END"
+)
+
+
+def _rekey(db: sqlite3.Connection, keys: ImageKeys) -> None:
+    """Key every row by ``keys`` (inside the caller's transaction): rows whose images turn
+    out to be one face keep one line, the one in flight first (a rerun settles it against
+    the library), then the registered one, then the latest; an explicit key stays as it is.
+    """
+    db.create_function("mts_image_key", 1, keys.key, deterministic=True)
+    _run_script(db, _ROWS_TABLE.format(name="rows_rekeyed"))
+    columns = (
+        "person, category_id, person_id, image_url, row, state, face_id, request_id, "
+        "started_at, updated_at, attempts, was_ambiguous, reason, run_id"
+    )
+    # The image part of a key follows the person's (its own \x1f-separated pair).
+    identity = "substr(key, length(person) + 2)"
+    db.execute(
+        f"INSERT OR IGNORE INTO rows_rekeyed (key, {columns}) "
+        f"SELECT CASE WHEN {identity} LIKE 'key:%' THEN key "
+        f"ELSE person || char(31) || mts_image_key(image_url) END, {columns} FROM rows "
+        f"ORDER BY {_STATE_RANK} DESC, updated_at DESC"
+    )
+    db.execute("DROP TABLE rows")
+    db.execute("ALTER TABLE rows_rekeyed RENAME TO rows")
+    _run_script(db, _ROWS_INDEXES)
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # One statement at a time: ``executescript`` would commit the caller's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _person_key(category_id: str, person_id: str) -> str:
     return f"{category_id.casefold()}\x1f{person_id.casefold()}"
 
@@ -697,14 +760,19 @@ def open_ledger(
 
 
 class LedgerReader:
-    """A read-only view of a ledger (no lock, no run recorded): what ``mts-faces plan``
-    consults. Reads by key; :meth:`close` when done."""
+    """A read-only view of a ledger (no lock, no run recorded, no migration): what
+    ``mts-faces plan`` and ``verify --ledger`` consult. Rows are found by person and image
+    key (:meth:`find`), whatever rule or schema version wrote them; :meth:`close` when done.
+    """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], image_keys: ImageKeys = DEFAULT_IMAGE_KEYS
+    ) -> None:
         _check_not_journal(Path(path))
         if not Path(path).exists():
             raise LedgerError(f"ledger {path} does not exist")
         self.path = Path(path)
+        self.image_keys = image_keys
         try:
             self._db = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
@@ -712,40 +780,43 @@ class LedgerReader:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from None
 
-    def get(self, key: str) -> LedgerRow | None:
-        """The row recorded under ``key``, or None."""
+    def person_rows(self, category_id: str, person_id: str) -> list[LedgerRow]:
+        """Every row of the person, registered ones first."""
         try:
             found = self._db.execute(
-                f"SELECT {_ROW_COLUMNS} FROM rows WHERE key = ?", (key,)
-            ).fetchone()
+                f"SELECT {_ROW_COLUMNS} FROM rows WHERE person = ? "
+                "ORDER BY state = 'registered' DESC",
+                (_person_key(category_id, person_id),),
+            ).fetchall()
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot read ledger {self.path}: {exc}") from None
-        return _to_row(found) if found else None
+        return [_to_row(values) for values in found]
+
+    def find(self, category_id: str, person_id: str, identity: str) -> LedgerRow | None:
+        """The row of the person's face with image key ``identity``
+        (:meth:`~mts_faces.manifest.FaceRow.identity`), or None."""
+        for row in self.person_rows(category_id, person_id):
+            if row.identity(self.image_keys) == identity:
+                return row
+        return None
 
     def close(self) -> None:
         """Close the file."""
         self._db.close()
 
 
-def read_face_ids(path: str | os.PathLike[str]) -> Callable[[Any], str | None]:
-    """A lookup (read-only, no lock) of the FaceId a ledger holds for a duplicate's person
-    and image URL: what ``mts-faces verify --ledger`` keeps."""
-    _check_not_journal(Path(path))
-    if not Path(path).exists():
-        raise LedgerError(f"ledger {path} does not exist")
-    try:
-        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise LedgerError(f"cannot open ledger {path}: {exc}") from None
+def read_face_ids(
+    path: str | os.PathLike[str], image_keys: ImageKeys = DEFAULT_IMAGE_KEYS
+) -> Callable[[Any], str | None]:
+    """A lookup (read-only, no lock) of the FaceId to keep of a duplicate (its
+    ``category_id``, ``person_id`` and ``face_ids``): the one a ledger row of the person
+    holds registered. What ``mts-faces verify --ledger`` keeps."""
+    reader = LedgerReader(path, image_keys)
 
     def lookup(dup: Any) -> str | None:
-        key = "\x1f".join((dup.category_id.casefold(), dup.person_id.casefold(), dup.image_url))
-        try:
-            found = db.execute(
-                "SELECT face_id FROM rows WHERE key = ? AND state = 'registered'", (key,)
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot read ledger {path}: {exc}") from None
-        return str(found[0]) if found and found[0] else None
+        for row in reader.person_rows(dup.category_id, dup.person_id):
+            if row.state == "registered" and row.face_id in dup.face_ids:
+                return row.face_id
+        return None
 
     return lookup

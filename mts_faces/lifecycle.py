@@ -24,6 +24,7 @@ import attrs
 
 from ._exceptions import NotFoundError
 from ._models import CustomPersons
+from .imagekey import DEFAULT_IMAGE_KEYS, ImageKeys
 from .ledger import Ledger, LedgerReader, LedgerRow
 from .manifest import BadRow, FaceRow, ManifestEntry
 from .reconcile import RegistrarClient
@@ -118,15 +119,16 @@ class LibraryState:
     """Per-person state of listed libraries, as the registrar keeps it (faces and places
     under the cap), for deciding rows without registering them."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_keys: ImageKeys = DEFAULT_IMAGE_KEYS) -> None:
         self.people: dict[tuple[str, str], Person] = {}
         self.listed: set[str] = set()
+        self.keys = image_keys
 
     def load(self, listing: CustomPersons) -> None:
-        """Take in a listing's faces."""
+        """Take in a listing's faces (keyed by their URLs' image keys)."""
         for category, person, face in listing.iter_faces():
             self.person((category.category_id, person.person_id)).listed(
-                face.image_url, face.face_id
+                self.keys.key(face.image_url), face.face_id
             )
 
     def person(self, ids: tuple[str, str]) -> Person:
@@ -140,15 +142,14 @@ class LibraryState:
     def decide(self, row: FaceRow, prior: LedgerRow | None, check_existing: bool) -> PlannedRow:
         """The registrar's decision for ``row``; a row to register takes its place."""
         person = self.person((row.category_id, row.person_id))
-        decision = decide_admission(person, row, prior, None, check_existing)
+        decision = decide_admission(person, row, prior, None, check_existing, self.keys)
         if decision.kind == "register":
-            person.accept(row)
+            person.accept(row, self.keys)
             return PlannedRow(row.row, "register", row)
         if decision.kind in ("resumed", "reconciled"):
             assert decision.face_id is not None
-            # As the registrar takes a row the ledger holds done: it fills a place.
-            person.listed(row.image_url, decision.face_id)
-            person.seen.setdefault(row.image_url, row.row)
+            # As the registrar takes a row the ledger holds done.
+            person.resume(row, decision.face_id, self.keys)
             return PlannedRow(row.row, "in_ledger", row, decision.face_id, decision.reason)
         kinds: dict[str, PlanKind] = {
             "in_library": "in_library",
@@ -175,19 +176,21 @@ async def plan(
     keep: int = 5,
     on_row: Callable[[PlannedRow], None] | None = None,
     precheck: Callable[[FaceRow], str | None] | None = None,
+    image_keys: ImageKeys = DEFAULT_IMAGE_KEYS,
 ) -> Plan:
     """The decisions ``register`` would make for ``rows``, against the live library (one
     listing per library met, unless ``check_existing=False``) and the ``ledger`` if given
     (read only: a run may hold it meanwhile). Registers and removes nothing. Rows are
     streamed; the state of every person met is kept (memory follows persons, not rows).
     ``on_row`` is called with every row's decision; ``keep``: rows of each decision kept in
-    :attr:`Plan.first`; ``precheck``: as the registrar's (a reason skips the row).
+    :attr:`Plan.first`; ``precheck``: as the registrar's (a reason skips the row);
+    ``image_keys``: as the registrar's (rows and faces are compared by image key).
     Raises the client's errors when a library cannot be listed (the
     plan cannot be made) and :class:`~mts_faces.ledger.LedgerError` for a bad ledger.
     """
     result = Plan(qps=client.qps, keep=keep)
-    state = LibraryState()
-    reader = LedgerReader(ledger) if ledger is not None else None
+    state = LibraryState(image_keys)
+    reader = LedgerReader(ledger, image_keys) if ledger is not None else None
     try:
         for entry in rows:
             skip = None
@@ -203,7 +206,11 @@ async def plan(
                     state.load(await list_library(client, entry.category_id))
                     state.listed.add(category)
                     result.listings += 1
-                prior = reader.get(entry.row_key) if reader is not None else None
+                prior = (
+                    reader.find(entry.category_id, entry.person_id, entry.identity(image_keys))
+                    if reader is not None
+                    else None
+                )
                 planned = state.decide(entry, prior, check_existing)
             result.add(planned)
             if on_row is not None:
@@ -289,11 +296,14 @@ async def plan_sync(
     prune: bool = False,
     keep: int = 5,
     shard: Shard | None = None,
+    image_keys: ImageKeys = DEFAULT_IMAGE_KEYS,
 ) -> SyncPlan:
     """What making the libraries ``categories`` match ``entries`` takes (reads the manifest
     into memory and lists each library once; changes nothing). With ``shard``, only the
     persons of that shard are considered (``entries`` should hold that shard's rows): the
-    other shards' persons are neither pruned nor renamed."""
+    other shards' persons are neither pruned nor renamed. Listed faces are matched to
+    manifest rows by the image keys of their URLs (``image_keys``): a URL signed anew is
+    the same face, neither pruned nor registered again."""
     wanted = tuple(dict.fromkeys(categories))
     folded = {c.casefold() for c in wanted}
     rows: list[FaceRow] = []
@@ -306,7 +316,7 @@ async def plan_sync(
             rows.append(entry)
         else:
             outside += 1
-    in_manifest = {(r.person_key, r.image_url) for r in rows}
+    in_manifest = {(r.person_key, image_keys.key(r.image_url)) for r in rows}
     names: dict[tuple[str, str], str] = {}
     for r in rows:
         if r.person_name:
@@ -315,7 +325,7 @@ async def plan_sync(
 
     removals: list[Removal] = []
     renames: list[Rename] = []
-    state = LibraryState()
+    state = LibraryState(image_keys)
     listings = []
     for category_id in wanted:
         listing = await list_library(client, category_id)
@@ -333,7 +343,7 @@ async def plan_sync(
                     removals.extend(
                         Removal(category.category_id, person.person_id, f.face_id, f.image_url)
                         for f in person.faces
-                        if (key, f.image_url) not in in_manifest
+                        if (key, image_keys.key(f.image_url)) not in in_manifest
                     )
                 new_name = names.get(key)
                 if new_name is not None and new_name != person.person_name:
@@ -350,7 +360,7 @@ async def plan_sync(
                     continue
                 for face in person.faces:
                     if (*ids, face.face_id) not in gone:
-                        state.person(ids).listed(face.image_url, face.face_id)
+                        state.person(ids).listed(image_keys.key(face.image_url), face.face_id)
     to_register: list[FaceRow] = []
     for r in rows:
         planned = state.decide(r, None, True)

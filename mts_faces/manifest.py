@@ -19,6 +19,7 @@ import attrs
 
 from ._exceptions import ValidationError
 from ._operations import validate_id, validate_text, validate_url
+from .imagekey import DEFAULT_IMAGE_KEYS, ImageKeys
 
 # Longest line accepted; a longer one is reported as bad instead of being held in memory.
 MAX_LINE_BYTES = 64 * 1024
@@ -32,6 +33,7 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "person_id": ("person_id", "personid", "person"),
     "image_url": ("image_url", "imageurl", "url"),
     "person_name": ("person_name", "personname", "name"),
+    "image_key": ("image_key", "imagekey"),
 }
 # Each accepted spelling (casefolded) → our field name, for resolving a header once.
 _ALIAS_TO_FIELD = {alias: field for field, aliases in FIELD_ALIASES.items() for alias in aliases}
@@ -40,7 +42,10 @@ _WIRE_NAMES = {
     "person_id": "PersonId",
     "image_url": "ImageUrl",
     "person_name": "PersonName",
+    "image_key": "image_key",
 }
+MAX_IMAGE_KEY_LENGTH = 1024
+"""Longest explicit ``image_key`` accepted (a digest or photo ID is far shorter)."""
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
@@ -55,23 +60,37 @@ class Readable(Protocol):
 
 @attrs.frozen
 class FaceRow:
-    """One face to register. ``row`` is its 1-based data row number in the manifest."""
+    """One face to register. ``row`` is its 1-based data row number in the manifest.
+
+    ``image_key``: the image's identity when the caller has a stable one (a content digest,
+    a photo ID); None keys the image by its URL less the signing parameters
+    (:class:`~mts_faces.imagekey.ImageKeys`), so a re-signed URL is the same face.
+    """
 
     category_id: str
     person_id: str
     image_url: str
     person_name: str | None = None
     row: int = 0
+    image_key: str | None = None
 
     @property
     def person_key(self) -> tuple[str, str]:
         """(category, person) compared case-insensitively, as the service compares IDs."""
         return (self.category_id.casefold(), self.person_id.casefold())
 
+    def identity(self, keys: ImageKeys = DEFAULT_IMAGE_KEYS) -> str:
+        """The image's identity: the explicit ``image_key``, else the URL's key."""
+        return f"key:{self.image_key}" if self.image_key else keys.key(self.image_url)
+
+    def key(self, keys: ImageKeys = DEFAULT_IMAGE_KEYS) -> str:
+        """The face's identity (its ledger key): person, case-insensitive, and image."""
+        return "\x1f".join((*self.person_key, self.identity(keys)))
+
     @property
     def row_key(self) -> str:
-        """Identity of the face: person (case-insensitive) and exact image URL."""
-        return "\x1f".join((*self.person_key, self.image_url))
+        """:meth:`key` under the default rule."""
+        return self.key()
 
     def validated(self) -> FaceRow:
         """Check the fields against the service's limits; raise :class:`ValidationError`."""
@@ -80,7 +99,23 @@ class FaceRow:
         validate_url("ImageUrl", self.image_url)
         if self.person_name is not None:
             validate_text("PersonName", self.person_name)
+        if self.image_key is not None:
+            validate_image_key(self.image_key)
         return self
+
+
+def validate_image_key(value: str) -> str:
+    """An explicit image key: not empty, at most :data:`MAX_IMAGE_KEY_LENGTH` characters,
+    no control character."""
+    if not value.strip():
+        raise ValidationError("image_key", "must not be empty (leave the column out instead)")
+    if len(value) > MAX_IMAGE_KEY_LENGTH:
+        raise ValidationError(
+            "image_key", f"is {len(value)} characters long; the limit is {MAX_IMAGE_KEY_LENGTH}"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValidationError("image_key", "must not hold control characters")
+    return value
 
 
 @attrs.frozen
@@ -146,6 +181,7 @@ def _row_from_fields(
         image_url=fields["image_url"] or "",
         person_name=fields["person_name"] or None,
         row=row,
+        image_key=fields["image_key"] or None,
     )
     try:
         return face.validated()
@@ -347,7 +383,7 @@ class _CsvRecords:
 
 def _header_problem(columns: list[str], default_category: str | None) -> str | None:
     """Why a header cannot be used: no known column, a missing or repeated column."""
-    expected = "category_id, person_id, image_url (optional: person_name)"
+    expected = "category_id, person_id, image_url (optional: person_name, image_key)"
     found: dict[str, str] = {}
     for column in columns:
         field = _ALIAS_TO_FIELD.get(column.casefold())

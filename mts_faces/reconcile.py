@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 
@@ -43,6 +43,7 @@ from ._exceptions import (
 from ._limiter import BULK, Priority
 from ._models import Acknowledgement, CustomPersons, Face, RegisteredFace
 from ._outcomes import NOT_ATTEMPTED, Repair, RowOutcome
+from .imagekey import DEFAULT_IMAGE_KEYS, ImageKeys
 from .manifest import FaceRow
 
 if TYPE_CHECKING:
@@ -258,19 +259,44 @@ class ServiceCalls:
     made with ``max_retries=0`` (retries are this module's decision).
 
     The call options live in :meth:`_options`, one place for every operation: no client
-    retries, and the bulk priority lane.
+    retries, and the bulk priority lane. A registration still unanswered after
+    :attr:`lease` seconds gives its slot back and goes on waiting outside the gate: an
+    answer that will never come (a hung connection, waited out to the timeout) must not
+    hold a slot that the quota could use. ``on_latency`` is called with the moving average
+    of answered registrations' latency (:attr:`latency`). Listings and removals take slots
+    of ``side_gate`` (default: a gate of :attr:`SIDE_SLOTS`), not ``gate``: they wait for
+    their own, slower quota (a tenth of the registrations' by default), and a burst of them
+    waiting there must not hold the slots registrations need.
     """
+
+    LEASE_FACTOR = 4.0
+    """A registration holds its slot for this many times the average latency..."""
+    MIN_LEASE = 1.0
+    """...and at least this many seconds."""
+    SIDE_SLOTS = 4
+    """Listings and removals in flight at once, by default."""
 
     def __init__(
         self,
         client: RegistrarClient,
         gate: Gate,
         on_latency: Callable[[float], Awaitable[None]] | None = None,
+        side_gate: Gate | None = None,
     ) -> None:
         self.client = client
         self.gate = gate
+        self.side_gate = side_gate or Gate(self.SIDE_SLOTS)
         self.on_latency = on_latency
         self.in_flight = 0
+        self.latency: float | None = None
+        """Moving average (weight 0.1) of the seconds answered registrations took."""
+
+    @property
+    def lease(self) -> float:
+        """Seconds a registration holds its gate slot before giving it back."""
+        if self.latency is None:
+            return self.MIN_LEASE
+        return max(self.MIN_LEASE, self.LEASE_FACTOR * self.latency)
 
     @staticmethod
     def _options() -> dict[str, Any]:
@@ -295,43 +321,59 @@ class ServiceCalls:
             raise
         self.in_flight += 1
         started = time.monotonic()
-        try:
-            face = await self.client.register_custom_face(
+        call = asyncio.ensure_future(
+            self.client.register_custom_face(
                 row.category_id, row.person_id, row.image_url, row.person_name, **self._options()
             )
+        )
+        holding = True
+        try:
+            await asyncio.wait((call,), timeout=self.lease)
+            if not call.done():
+                holding = False  # past its lease: the slot goes back, the wait goes on
+                await self.gate.release()
+            face = await call
+        except BaseException:
+            call.cancel()
+            raise
         finally:
             self.in_flight -= 1
-            await self.gate.release()
+            if holding:
+                await self.gate.release()
+        seconds = time.monotonic() - started
+        self.latency = (
+            seconds if self.latency is None else self.latency + 0.1 * (seconds - self.latency)
+        )
         if self.on_latency is not None:
-            await self.on_latency(time.monotonic() - started)
+            await self.on_latency(self.latency)
         return face
 
     async def list(self, category_id: str, person_id: str | None = None) -> CustomPersons:
         """One ListCustomPersons attempt."""
-        await self.gate.acquire()
+        await self.side_gate.acquire()
         try:
             return await self.client.list_custom_persons(category_id, person_id, **self._options())
         finally:
-            await self.gate.release()
+            await self.side_gate.release()
 
     async def unregister(self, category_id: str, person_id: str, face_id: str) -> None:
         """One UnregisterCustomFace attempt."""
-        await self.gate.acquire()
+        await self.side_gate.acquire()
         try:
             await self.client.unregister_custom_face(
                 category_id, person_id, face_id, **self._options()
             )
         finally:
-            await self.gate.release()
+            await self.side_gate.release()
 
 
 class PersonState(Protocol):
     """What the settler needs of the scheduler's per-person state."""
 
     faces: dict[str, str]
-    """image URL → FaceId of faces known to be stored."""
+    """image key → FaceId of faces known to be stored."""
 
-    def know(self, image_url: str, face_id: str) -> None: ...
+    def know(self, image_key: str, face_id: str) -> None: ...
 
 
 class NotSent(Exception):
@@ -353,22 +395,57 @@ class Fatal(Exception):
 
 @attrs.define
 class SettleHooks:
-    """Callbacks from the settler to its run: counts and the ambiguity log."""
+    """Callbacks from the settler to its run: counts and the ambiguity log (``ambiguous``
+    is called with the row and when its request left at the latest)."""
 
     stopping: Callable[[], bool]
     ambiguous: Callable[[FaceRow, float], None]
     reconciled: Callable[[], None]
 
 
+@attrs.define(eq=False)
+class Doubt:
+    """A row sent without a usable answer: it may be stored, now or later.
+
+    ``deadline``: a well-formed listing taken at or after it that lacks the face proves it
+    absent (before it, only presence can be concluded). ``sent_at``: when its last request
+    left, at the latest. ``keys``: image keys of every URL
+    sent for the row (a rerun may carry a URL signed anew). ``attempts`` and
+    ``last_error``: the row's retry budget so far, carried into its resend.
+    ``not_before``: after a failed listing, no new try before then.
+    """
+
+    row: FaceRow
+    person: PersonState
+    deadline: float
+    sent_at: float
+    keys: frozenset[str]
+    attempts: int = 0
+    last_error: MtsFacesError | None = None
+    tries: ListingTries | None = None
+    not_before: float = 0.0
+
+
+Verdict = Literal["resend", "wait"]
+"""What a listing says of a row in doubt when it does not show the face: absent for
+certain (``resend``: taken after the deadline), or not yet known (``wait``)."""
+
+
 class Settler:
     """Takes one row to a final outcome: send, and after an ambiguous outcome settle it.
+
+    The steps are apart so that a scheduler can settle many rows with shared listings while
+    their persons go on (:mod:`mts_faces._settling`): :meth:`send` returns an outcome or a
+    :class:`Doubt`; :meth:`resolve` decides a doubt from a listing; :meth:`register_row`
+    composes them for one row at a time.
 
     ``settle``: seconds after a send before absence may be concluded. ``inherited_settle``:
     the same for a row an earlier run left in flight (None: ``settle``; the registrar passes
     at least :func:`default_settle` of the client's timeout, since the earlier run may have
     been given a longer period than this one). ``ledger``: records start, ambiguity and
     outcome (None: memory only, no resume). ``clock``: wall-clock seconds, the ledger's time
-    base.
+    base. ``image_keys``: how image URLs are keyed (a listed face is the row's when its
+    URL's key is that of a URL sent for the row).
     """
 
     def __init__(
@@ -384,6 +461,7 @@ class Settler:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         inherited_settle: float | None = None,
+        image_keys: ImageKeys = DEFAULT_IMAGE_KEYS,
     ) -> None:
         self.calls = calls
         self.ledger = ledger
@@ -395,17 +473,40 @@ class Settler:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
-        # Listings while waiting for a deadline: about five per settle period.
+        self.image_keys = image_keys
+        # register_row's listings while waiting for a deadline: about five per settle period.
         self.poll = max(0.05, settle / 5)
 
     async def register_row(
         self, person: PersonState, row: FaceRow, prior: LedgerRow | None
     ) -> RowOutcome:
-        """Send ``row`` (settling first when ``prior`` says it was in flight) and decide."""
-        deadline: float | None = None
-        if prior is not None and prior.state in ("started", "ambiguous"):
+        """Send ``row`` (settling first when ``prior`` says it was in flight) and decide,
+        settling any doubt on the spot by listing its person."""
+        result = await self.send(person, row, prior)
+        while isinstance(result, Doubt):
+            settled = await self.settle_row(result)
+            if settled is not None:
+                return settled
+            result = await self.send(person, row, None, result)
+        return result
+
+    async def send(
+        self,
+        person: PersonState,
+        row: FaceRow,
+        prior: LedgerRow | None = None,
+        resume: Doubt | None = None,
+    ) -> RowOutcome | Doubt:
+        """Send ``row`` until it is registered, fails, or is in doubt (→ :class:`Doubt`).
+
+        ``prior``: the ledger's record; a row an earlier run left in flight is not sent but
+        returned in doubt at once, settling from its recorded start. ``resume``: the doubt a
+        listing proved absent; its budget carries on.
+        """
+        key = row.key(self.image_keys)
+        if resume is None and prior is not None and prior.state in ("started", "ambiguous"):
             # In flight when an earlier run ended: it settles from its recorded start, and
-            # this run's final verification lists its person again.
+            # this run's verification lists its person again.
             started = prior.started_at if prior.started_at is not None else self.clock()
             if prior.state == "started" and self.ledger is not None:
                 # No answer was recorded: the request may have left after its start, up to
@@ -414,15 +515,13 @@ class Settler:
             deadline = started + self.inherited_settle
             self.hooks.ambiguous(row, started)
             if self.ledger is not None:
-                await self.ledger.ambiguous(row.row_key, "in flight when an earlier run ended")
-        attempts = 0
-        last_error: MtsFacesError | None = None
+                await self.ledger.ambiguous(key, "in flight when an earlier run ended")
+            keys = {self.image_keys.key(row.image_url), self.image_keys.key(prior.image_url)}
+            return Doubt(row, person, deadline, started, frozenset(keys))
+        attempts = resume.attempts if resume is not None else 0
+        last_error = resume.last_error if resume is not None else None
+        sent_keys = resume.keys if resume is not None else frozenset()
         while True:
-            if deadline is not None:
-                settled = await self.settle_row(person, row, deadline)
-                if settled is not None:
-                    return settled
-                deadline = None
             if self.hooks.stopping():
                 return await self._not_attempted(row, attempts)
             blocked = self.circuit.reason(row.category_id)
@@ -450,18 +549,19 @@ class Settler:
                 raise NotSent(exc) from exc
             except AmbiguousOutcomeError as exc:
                 logger.info("row %d: ambiguous outcome (%s); settling", row.row, exc.cause)
-                last_error = exc
-                # The request left after the client's limiter wait, at the latest now: the
-                # settle period counts from here (and the ledger's start moves here too, so a
-                # rerun after a crash counts from it as well).
+                # The settle period counts from when the request was out whole: the
+                # transport says when, or else it left (after the client's limiter wait) at
+                # the latest now. The ledger's start moves there too, so a rerun after a
+                # crash counts from it as well.
                 sent_by = self.clock()
+                if exc.written_at is not None:
+                    sent_by -= max(0.0, time.monotonic() - exc.written_at)
+                deadline = sent_by + self.settle
                 self.hooks.ambiguous(row, sent_by)
                 if self.ledger is not None:
-                    await self.ledger.ambiguous(
-                        row.row_key, f"ambiguous: {exc.cause}", sent_by=sent_by
-                    )
-                deadline = sent_by + self.settle
-                continue
+                    await self.ledger.ambiguous(key, f"ambiguous: {exc.cause}", sent_by=sent_by)
+                sent = sent_keys | {self.image_keys.key(row.image_url)}
+                return Doubt(row, person, deadline, sent_by, sent, attempts, exc)
             except (TransportError, APIError) as exc:
                 if isinstance(exc, AuthenticationError) and exc.code != "SignatureNonceUsed":
                     await self._record_failed(row, _reason(exc))
@@ -480,10 +580,10 @@ class Settler:
                     await self.sleep(wait)
                     continue
                 return await self._failed(row, _reason(exc), exc, sent=True)
-            person.know(row.image_url, face.face_id)
+            self._know(person, row, face.face_id)
             if self.ledger is not None:
                 await self.ledger.registered(
-                    row.row_key,
+                    key,
                     row.row,
                     row.category_id,
                     row.person_id,
@@ -493,19 +593,74 @@ class Settler:
                 )
             return RowOutcome(row, "registered", face_id=face.face_id, request_id=face.request_id)
 
-    async def settle_row(
-        self, person: PersonState, row: FaceRow, deadline: float
-    ) -> RowOutcome | None:
+    async def resolve(
+        self, doubt: Doubt, listing: CustomPersons | None, taken_at: float
+    ) -> RowOutcome | Verdict:
+        """Decide ``doubt`` from a well-formed listing taken at ``taken_at`` (None: the
+        service knows no such person or library). A face of the row's person whose URL's key
+        is one sent for the row is the lost call's result (→ registered); none in a listing
+        taken at or after the deadline proves absence (→ ``resend``); else ``wait``."""
+        row = doubt.row
+        self.circuit.success(row.category_id)
+        found = (
+            None
+            if listing is None
+            else next(person_faces(listing, row.person_key, doubt.keys, self.image_keys), None)
+        )
+        if found is None:
+            return "resend" if taken_at >= doubt.deadline else "wait"
+        self._know(doubt.person, row, found.face_id)
+        self.hooks.reconciled()
+        reason = "reconciled: found stored after a lost answer"
+        if self.ledger is not None:
+            await self.ledger.registered(
+                row.key(self.image_keys),
+                row.row,
+                row.category_id,
+                row.person_id,
+                row.image_url,
+                found.face_id,
+                None,
+                reason,
+            )
+        return RowOutcome(row, "registered", face_id=found.face_id, reason=reason)
+
+    async def listing_failed(self, doubt: Doubt, exc: MtsFacesError) -> RowOutcome | None:
+        """Count a failed or malformed listing against ``doubt``'s listing budget: the row
+        ends in doubt when it is spent (None: try again after ``doubt.not_before``).
+        Raises :class:`Fatal` for an error every listing would meet."""
+        if isinstance(exc, AuthenticationError | RateLimiterError):
+            raise Fatal(exc) from exc
+        self.circuit.failure(doubt.row.category_id, exc)
+        if doubt.tries is None:
+            doubt.tries = ListingTries(self.budget)
+        if doubt.tries.spent(exc):
+            reason = (
+                f"could not verify an ambiguous registration: {doubt.tries.tries} listings "
+                f"failed (last: {_reason(exc)})"
+            )
+            return await self.in_doubt(doubt.row, reason, exc)
+        doubt.not_before = self.clock() + self.budget.delay(doubt.tries.tries, exc, self.rng)
+        return None
+
+    def blocked(self, doubt: Doubt) -> str | None:
+        """Why ``doubt`` can no longer be settled (its library's circuit is open, the run is
+        stopping), or None."""
+        blocked = self.circuit.reason(doubt.row.category_id)
+        if blocked is not None:
+            return f"could not settle: {blocked}"
+        if self.hooks.stopping():
+            return "the run stopped while the row was settling"
+        return None
+
+    async def settle_row(self, doubt: Doubt) -> RowOutcome | None:
         """List the person until the row's face shows up (→ registered) or a well-formed
-        listing taken after ``deadline`` lacks it (→ None: send again)."""
-        tries = ListingTries(self.budget)
-        last: MtsFacesError | None = None
+        listing taken after the deadline lacks it (→ None: send again)."""
+        row = doubt.row
         while True:
-            blocked = self.circuit.reason(row.category_id)
+            blocked = self.blocked(doubt)
             if blocked is not None:
-                return await self._in_doubt(row, f"could not settle: {blocked}", last)
-            if self.hooks.stopping():
-                return await self._in_doubt(row, "the run stopped while the row was settling", last)
+                return await self.in_doubt(row, blocked, doubt.last_error)
             taken_at = self.clock()
             try:
                 listing: CustomPersons | None = await self.calls.list(
@@ -513,41 +668,24 @@ class Settler:
                 )
             except NotFoundError:
                 listing = None  # no such person or library: a well-formed "nothing"
-            except (AuthenticationError, RateLimiterError) as exc:
-                raise Fatal(exc) from exc
             except MtsFacesError as exc:
-                last = exc
-                self.circuit.failure(row.category_id, exc)
-                if tries.spent(exc):
-                    reason = (
-                        f"could not verify an ambiguous registration: {tries.tries} listings "
-                        f"failed (last: {_reason(exc)})"
-                    )
-                    return await self._in_doubt(row, reason, exc)
-                await self.sleep(self.budget.delay(tries.tries, exc, self.rng))
+                ended = await self.listing_failed(doubt, exc)
+                if ended is not None:
+                    return ended
+                await self.sleep(max(0.0, doubt.not_before - self.clock()))
                 continue
-            self.circuit.success(row.category_id)
-            faces = [] if listing is None else person_faces(listing, row.person_key, row.image_url)
-            if faces:
-                face = faces[0]
-                person.know(row.image_url, face.face_id)
-                self.hooks.reconciled()
-                reason = "reconciled: found stored after a lost answer"
-                if self.ledger is not None:
-                    await self.ledger.registered(
-                        row.row_key,
-                        row.row,
-                        row.category_id,
-                        row.person_id,
-                        row.image_url,
-                        face.face_id,
-                        None,
-                        reason,
-                    )
-                return RowOutcome(row, "registered", face_id=face.face_id, reason=reason)
-            if taken_at >= deadline:
+            verdict = await self.resolve(doubt, listing, taken_at)
+            if isinstance(verdict, RowOutcome):
+                return verdict
+            if verdict == "resend":
                 return None
-            await self.sleep(max(0.0, min(self.poll, deadline - self.clock())))
+            await self.sleep(max(0.0, min(self.poll, doubt.deadline - self.clock())))
+
+    def _know(self, person: PersonState, row: FaceRow, face_id: str) -> None:
+        # By the row's identity, and by its URL's key (what a later row or a listing shows).
+        person.know(row.identity(self.image_keys), face_id)
+        if row.image_key:
+            person.know(self.image_keys.key(row.image_url), face_id)
 
     # --- endings -------------------------------------------------------------------------------
 
@@ -556,14 +694,14 @@ class Settler:
             return self.clock()
         try:
             return await self.ledger.start(
-                row.row_key, row.row, row.category_id, row.person_id, row.image_url
+                row.key(self.image_keys), row.row, row.category_id, row.person_id, row.image_url
             )
         except MtsFacesError as exc:  # the ledger's own error: nothing was sent
             raise NotSent(exc) from exc
 
     async def _record_failed(self, row: FaceRow, reason: str) -> None:
         if self.ledger is not None:
-            await self.ledger.failed(row.row_key, reason)
+            await self.ledger.failed(row.key(self.image_keys), reason)
 
     async def _failed(
         self, row: FaceRow, reason: str, exc: MtsFacesError | None, *, sent: bool
@@ -572,8 +710,9 @@ class Settler:
             await self._record_failed(row, reason)
         return RowOutcome(row, "failed", reason=reason, error=exc)
 
-    async def _in_doubt(self, row: FaceRow, reason: str, exc: MtsFacesError | None) -> RowOutcome:
-        # The ledger keeps the row open (started or ambiguous): a rerun settles it first.
+    async def in_doubt(self, row: FaceRow, reason: str, exc: MtsFacesError | None) -> RowOutcome:
+        """The outcome of a row that cannot be settled in this run: failed, in doubt. The
+        ledger keeps the row open (started or ambiguous): a rerun settles it first."""
         return RowOutcome(
             row, "failed", reason=f"in doubt: {reason}; rerun to settle", error=exc, in_doubt=True
         )
@@ -589,38 +728,60 @@ class Settler:
 # --- listings and duplicates -------------------------------------------------------------------
 
 
-def person_faces(listing: CustomPersons, person_key: tuple[str, str], url: str) -> list[Face]:
-    """The faces of ``person_key`` (casefolded category, person) with image URL ``url``."""
+def person_faces(
+    listing: CustomPersons,
+    person_key: tuple[str, str],
+    keys: frozenset[str] | set[str],
+    image_keys: ImageKeys = DEFAULT_IMAGE_KEYS,
+) -> Iterator[Face]:
+    """The faces of ``person_key`` (casefolded category, person) whose image URL's key is in
+    ``keys``."""
     category, person_id = person_key
-    return [
-        face
-        for listed_category, listed, face in listing.iter_faces()
-        if listed.person_id.casefold() == person_id
-        and listed_category.category_id.casefold() == category
-        and face.image_url == url
-    ]
+    for listed_category, listed, face in listing.iter_faces():
+        if (
+            listed.person_id.casefold() == person_id
+            and listed_category.category_id.casefold() == category
+            and image_keys.key(face.image_url) in keys
+        ):
+            yield face
 
 
 @attrs.frozen
 class Duplicate:
-    """One image URL of one person stored under several FaceIds (in listing order)."""
+    """One image of one person stored under several FaceIds (in listing order):
+    ``image_key`` is the key their URLs share, ``image_url`` the first one's URL."""
 
     category_id: str
     person_id: str
     image_url: str
     face_ids: tuple[str, ...]
+    image_key: str = ""
 
 
-def find_duplicates(listing: CustomPersons) -> Iterator[Duplicate]:
-    """Every (person, image URL) the listing shows under more than one FaceId."""
+def find_duplicates(
+    listing: CustomPersons,
+    image_keys: ImageKeys = DEFAULT_IMAGE_KEYS,
+    only: tuple[str, str] | None = None,
+) -> Iterator[Duplicate]:
+    """Every (person, image key) the listing shows under more than one FaceId (``only``:
+    of that casefolded (category, person) alone). A URL signed anew is the same image."""
     for category in listing.categories:
         for person in category.persons:
-            by_url: dict[str, list[str]] = {}
+            key = (category.category_id.casefold(), person.person_id.casefold())
+            if only is not None and key != only:
+                continue
+            by_key: dict[str, list[Face]] = {}
             for face in person.faces:
-                by_url.setdefault(face.image_url, []).append(face.face_id)
-            for url, ids in by_url.items():
-                if len(ids) > 1:
-                    yield Duplicate(category.category_id, person.person_id, url, tuple(ids))
+                by_key.setdefault(image_keys.key(face.image_url), []).append(face)
+            for image_key, faces in by_key.items():
+                if len(faces) > 1:
+                    yield Duplicate(
+                        category.category_id,
+                        person.person_id,
+                        faces[0].image_url,
+                        tuple(f.face_id for f in faces),
+                        image_key,
+                    )
 
 
 async def repair(

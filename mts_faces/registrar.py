@@ -31,6 +31,7 @@ from ._outcomes import (
     RowOutcome,
     Status,
 )
+from .imagekey import DEFAULT_IMAGE_KEYS, ImageKeys
 from .ledger import Ledger, LedgerIdentity
 from .manifest import FaceRow
 from .reconcile import RegistrarClient, RetryBudget, default_settle
@@ -91,6 +92,9 @@ class Registrar:
     FaceIds (``repair=False``: report them only). ``clock``: wall-clock seconds (the
     ledger's time base). ``precheck``: called with each valid row before anything else;
     a reason it returns skips the row unsent (e.g. an image check's failure).
+    ``image_keys``: how an image's identity is drawn from its URL when a row has no explicit
+    ``image_key`` (default :class:`~mts_faces.imagekey.ImageKeys`: the URL less the signing
+    parameters of OSS and CDN URLs); rows, listed faces and the ledger are compared by it.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class Registrar:
         repair: bool = True,
         clock: Callable[[], float] = time.time,
         precheck: Callable[[FaceRow], str | None] | None = None,
+        image_keys: ImageKeys | None = None,
     ) -> None:
         if concurrency is not None and concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -159,7 +164,10 @@ class Registrar:
             progress=progress,
             clock=clock,
             precheck=precheck,
+            image_keys=image_keys or DEFAULT_IMAGE_KEYS,
         )
+        self.image_keys = self._options.image_keys
+        """The image-key rule of the run."""
         self._clock = clock
         self.report = RegistrationReport(library_checked=check_existing)
         self._stop = asyncio.Event()
@@ -207,6 +215,7 @@ class Registrar:
             ledger = Ledger(
                 self.ledger_path,
                 identity,
+                image_keys=self.image_keys,
                 rebind=self.rebind_ledger,
                 clock=self._clock,
                 version=__version__,

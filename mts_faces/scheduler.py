@@ -48,8 +48,12 @@ from ._exceptions import (
 from ._models import CustomPersons
 from ._operations import MAX_FACES_PER_PERSON
 from ._outcomes import NOT_ATTEMPTED, NOT_CHECKED, Progress, RegistrationReport, Repair, RowOutcome
+from ._settling import PoolHooks, SettlePool
+from .imagekey import DEFAULT_IMAGE_KEYS, ImageKeys
 from .manifest import BadRow, FaceRow, ManifestEntry, build_row
 from .reconcile import (
+    Doubt,
+    Duplicate,
     Fatal,
     Gate,
     ListingCircuit,
@@ -77,33 +81,61 @@ MAX_AMBIGUOUS_IN_MEMORY = 10_000
 
 
 class Person:
-    """Per-person state: faces known stored (URL → FaceId), rows accepted, rows waiting."""
+    """Per-person state: faces known stored (image key → FaceId), rows accepted (image key →
+    row number), rows waiting, rows in doubt."""
 
-    __slots__ = ("faces", "key", "pending", "reserved", "seen", "task")
+    __slots__ = ("doubts", "faces", "key", "pending", "reserved", "seen", "task")
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
         self.faces: dict[str, str] = {}
-        self.seen: dict[str, int] = {}  # image URL → row number of the accepted row
+        self.seen: dict[str, int] = {}  # image key → row number of the accepted row
         self.reserved = 0  # faces in the library plus rows accepted for registration
-        self.pending: deque[tuple[FaceRow, LedgerRow | None]] = deque()
+        self.pending: deque[tuple[FaceRow, LedgerRow | None, Doubt | None]] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.doubts = 0  # rows in doubt, held by the settle pool
 
-    def know(self, image_url: str, face_id: str) -> None:
+    @property
+    def busy(self) -> bool:
+        """Whether a row of the person is queued, in flight or in doubt."""
+        return self.task is not None or bool(self.pending) or self.doubts > 0
+
+    def know(self, image_key: str, face_id: str) -> None:
         """Record a face known to be stored."""
-        if image_url not in self.faces:
-            self.faces[image_url] = face_id
+        if image_key not in self.faces:
+            self.faces[image_key] = face_id
 
-    def listed(self, image_url: str, face_id: str) -> None:
+    def listed(self, image_key: str, face_id: str) -> None:
         """Record a face a listing of the library shows (it takes a place under the cap)."""
-        if image_url not in self.faces:
-            self.know(image_url, face_id)
+        if image_key not in self.faces:
+            self.know(image_key, face_id)
             self.reserved += 1
 
-    def accept(self, row: FaceRow) -> None:
+    def find(self, row: FaceRow, keys: ImageKeys) -> str | None:
+        """The FaceId stored for ``row``'s image: by its identity, or by its URL's key (a
+        listing knows faces by URL only)."""
+        found = self.faces.get(row.identity(keys))
+        if found is None and row.image_key:
+            found = self.faces.get(keys.key(row.image_url))
+        return found
+
+    def holds(self, face_id: str) -> bool:
+        """Whether ``face_id`` is among the faces known stored."""
+        return face_id in self.faces.values()
+
+    def accept(self, row: FaceRow, keys: ImageKeys = DEFAULT_IMAGE_KEYS) -> None:
         """Take a place under the cap for ``row``, admitted for registration."""
         self.reserved += 1
-        self.seen[row.image_url] = row.row
+        self.seen[row.identity(keys)] = row.row
+
+    def resume(self, row: FaceRow, face_id: str, keys: ImageKeys = DEFAULT_IMAGE_KEYS) -> None:
+        """Take in ``row`` as stored under ``face_id`` (the ledger holds it done): it fills a
+        place under the cap unless the listing counted it already."""
+        if self.find(row, keys) is None and not self.holds(face_id):
+            self.reserved += 1
+        identity = row.identity(keys)
+        self.know(identity, face_id)
+        self.seen.setdefault(identity, row.row)
 
 
 AdmissionKind = Literal[
@@ -135,6 +167,7 @@ def decide_admission(
     prior: LedgerRow | None,
     blocked: str | None,
     check_existing: bool,
+    keys: ImageKeys = DEFAULT_IMAGE_KEYS,
 ) -> Admission:
     """The one decision of what becomes of a row read for ``person``: used by a registration
     (the scheduler) and by a plan of one (``mts-faces plan``). It changes nothing; a caller
@@ -142,23 +175,23 @@ def decide_admission(
 
     ``prior``: the ledger's record of the row; ``blocked``: why its library cannot be listed
     (None when it can); ``check_existing``: whether the library was listed (False trusts the
-    ledger).
+    ledger); ``keys``: how image URLs are keyed (rows and faces are compared by image key).
     """
-    url = row.image_url
-    first = person.seen.get(url)
-    known = person.faces.get(url)
+    first = person.seen.get(row.identity(keys))
+    known = person.find(row, keys)
     if first is not None:
-        return Admission(
-            "duplicate", known, f"duplicate of row {first} (same person and image URL)"
-        )
+        return Admission("duplicate", known, f"duplicate of row {first} (same person and image)")
     if blocked is not None and prior is None:
         return Admission("blocked", None, f"not sent: {blocked}")
     forget = False
     if prior is not None and prior.state == "registered" and prior.face_id:
-        if known is not None or not check_existing:
-            face_id = prior.face_id if known in (None, prior.face_id) else known
+        if not check_existing:
             # Without a listing the ledger is trusted: say so, the face may be gone.
-            return Admission("resumed", face_id, NOT_CHECKED if known is None else None)
+            return Admission("resumed", prior.face_id, NOT_CHECKED)
+        if person.holds(prior.face_id):
+            return Admission("resumed", prior.face_id)
+        if known is not None:
+            return Admission("resumed", known)
         forget = True
     elif prior is not None and prior.state in ("started", "ambiguous") and known is not None:
         return Admission("reconciled", known, "reconciled: found stored after an interrupted run")
@@ -222,6 +255,7 @@ class SchedulerOptions:
     progress: Callable[[Progress], None] | None
     clock: Callable[[], float]
     precheck: Callable[[FaceRow], str | None] | None = None
+    image_keys: ImageKeys = DEFAULT_IMAGE_KEYS
 
 
 _DONE = object()
@@ -260,7 +294,33 @@ class Scheduler:
             clock=options.clock,
             sleep=self.sleep,
             inherited_settle=max(options.settle, default_settle(client.timeout)),
+            image_keys=options.image_keys,
         )
+        self.keys = options.image_keys
+        self.pool = SettlePool(
+            self.settler,
+            self.calls,
+            PoolHooks(
+                finish=self._finish_doubt,
+                resend=self._resend,
+                idle=self._person_idle,
+                category_faces=self._category_faces,
+                kept_face=self._kept_face,
+                repaired=self.report.add_repair,
+                fatal=self._set_fatal,
+            ),
+            budget=options.budget,
+            image_keys=options.image_keys,
+            verify_after=max(options.settle, client.timeout),
+            verify=options.verify,
+            repair=options.repair,
+            coalesce=min(1.0, options.settle / 10),
+            rng=self.settler.rng,
+            stopping=self.stopping,
+        )
+        # Faces each library holds as far as the run knows (its listing, plus rows sent):
+        # whether a settling listing may take the whole library.
+        self.category_faces: dict[str, int] = {}
         self.people: dict[tuple[str, str], Person] = {}
         self.idle: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.evicted = BloomFilter()
@@ -272,11 +332,10 @@ class Scheduler:
         self.read = 0
         self.fatal: BaseException | None = None
         self.started = time.monotonic()
-        self._latency_ewma: float | None = None
         # Without a ledger: persons with an ambiguous row → (category, person, latest start),
         # and the FaceId each of their rows reported, for the end-of-run verification.
         self._ambiguous: dict[tuple[str, str], tuple[str, str, float]] = {}
-        self._reported: dict[str, str] = {}
+        self._reported: set[str] = set()
 
     # --- orchestration -------------------------------------------------------------------------
 
@@ -298,14 +357,19 @@ class Scheduler:
 
     async def supervise(self, rows: Iterable[RowInput] | AsyncIterable[RowInput]) -> None:
         """Feed every row, wait for every person's task, verify, then end the outcomes."""
+        pool = asyncio.create_task(self.pool.run())
         try:
             try:
                 await self.feed(rows)
             finally:
                 await self.all_done.wait()
+                self.pool.close()
+                await pool
             if self.o.verify and self.fatal is None:
                 await self.verify_ambiguous()
         finally:
+            if not pool.done():
+                pool.cancel()
             for person in list(self.people.values()):
                 if person.task is not None:
                     person.task.cancel()
@@ -381,9 +445,9 @@ class Scheduler:
                 for prior in self.ledger.person_rows(row.category_id, row.person_id):
                     if prior.state != "failed":
                         person.reserved += 1
-                        person.seen.setdefault(prior.image_url, prior.row)
+                        person.seen.setdefault(prior.identity(self.keys), prior.row)
                         if prior.state == "registered" and prior.face_id:
-                            person.know(prior.image_url, prior.face_id)
+                            person.know(prior.identity(self.keys), prior.face_id)
         return person
 
     async def load_listing(
@@ -415,13 +479,15 @@ class Scheduler:
 
     def _load(self, listing: CustomPersons, keep: tuple[str, str] | None) -> None:
         for category, listed, face in listing.iter_faces():
-            key = (category.category_id.casefold(), listed.person_id.casefold())
+            folded = category.category_id.casefold()
+            self.category_faces[folded] = self.category_faces.get(folded, 0) + 1
+            key = (folded, listed.person_id.casefold())
             person = self.people.get(key)
             if person is None:
                 person = self.people[key] = Person(key)
                 if key != keep:
                     self._mark_idle(person)
-            person.listed(face.image_url, face.face_id)
+            person.listed(self.keys.key(face.image_url), face.face_id)
 
     def _mark_idle(self, person: Person) -> None:
         self.idle[person.key] = None
@@ -429,7 +495,7 @@ class Scheduler:
         while len(self.idle) > self.o.max_idle_persons:
             key, _ = self.idle.popitem(last=False)
             gone = self.people.get(key)
-            if gone is not None and (gone.task is not None or gone.pending):
+            if gone is not None and gone.busy:
                 continue  # busy again: not idle after all
             self.people.pop(key, None)
             self.evicted.add(key)
@@ -438,16 +504,21 @@ class Scheduler:
 
     async def admit(self, person: Person, row: FaceRow) -> None:
         """Decide a row at once (skip, resumed, circuit open) or queue it for its person."""
-        url = row.image_url
-        prior = self.ledger.get(row.row_key) if self.ledger is not None else None
+        key = row.key(self.keys)
+        prior = self.ledger.get(key) if self.ledger is not None else None
         decision = decide_admission(
-            person, row, prior, self.circuit.reason(row.category_id), self.o.check_existing
+            person,
+            row,
+            prior,
+            self.circuit.reason(row.category_id),
+            self.o.check_existing,
+            self.keys,
         )
         if decision.forget_prior:
             # The library wins: the ledger's face is gone, so it is registered again.
             self.report.reregistered += 1
             if self.ledger is not None:
-                await self.ledger.forget_face(row.row_key, "gone from the library")
+                await self.ledger.forget_face(key, "gone from the library")
             prior = None
         outcome: RowOutcome | None = None
         if decision.kind == "duplicate":
@@ -465,11 +536,11 @@ class Scheduler:
             self.report.reconciled += 1
             if self.ledger is not None:
                 await self.ledger.registered(
-                    row.row_key,
+                    key,
                     row.row,
                     row.category_id,
                     row.person_id,
-                    url,
+                    row.image_url,
                     decision.face_id,
                     None,
                 )
@@ -477,15 +548,20 @@ class Scheduler:
         elif decision.kind in ("in_library", "cap"):
             outcome = RowOutcome(row, "skipped", face_id=decision.face_id, reason=decision.reason)
         if outcome is not None:
-            if person.task is None and not person.pending and person.key not in self.idle:
+            if not person.busy and person.key not in self.idle:
                 self._mark_idle(person)
             await self.emit(outcome)
             return
-        person.accept(row)
+        person.accept(row, self.keys)
+        folded = row.category_id.casefold()
+        self.category_faces[folded] = self.category_faces.get(folded, 0) + 1
         await self.buffered.acquire()
         self.queued += 1
         self.all_done.clear()
-        person.pending.append((row, prior))
+        person.pending.append((row, prior, None))
+        self._run_person(person)
+
+    def _run_person(self, person: Person) -> None:
         if person.task is None:
             person.task = asyncio.create_task(self.person_loop(person))
 
@@ -497,29 +573,28 @@ class Scheduler:
         request_id: str | None,
         reason: str | None = None,
     ) -> RowOutcome:
-        if row.image_url not in person.faces:
-            person.reserved += 1
-        person.know(row.image_url, face_id)
-        person.seen.setdefault(row.image_url, row.row)
+        person.resume(row, face_id, self.keys)
         return RowOutcome(
             row, "registered", face_id=face_id, request_id=request_id, resumed=True, reason=reason
         )
 
     async def person_loop(self, person: Person) -> None:
-        """Take the person's rows one at a time to their outcome."""
+        """Take the person's rows one at a time to their outcome; a row in doubt goes to the
+        settle pool and the person's next row goes on."""
         while person.pending:
-            row, prior = person.pending.popleft()
+            row, prior, resume = person.pending.popleft()
+            result: RowOutcome | Doubt
             try:
-                if self.stopping() and prior is None:
-                    outcome = RowOutcome(row, NOT_ATTEMPTED, reason="not sent: the run stopped")
+                if self.stopping() and prior is None and resume is None:
+                    result = RowOutcome(row, NOT_ATTEMPTED, reason="not sent: the run stopped")
                 else:
-                    outcome = await self.settler.register_row(person, row, prior)
+                    result = await self.settler.send(person, row, prior, resume)
             except Fatal as exc:
                 self._set_fatal(exc.error)
-                outcome = RowOutcome(row, "failed", reason=str(exc.error), error=exc.error)
+                result = RowOutcome(row, "failed", reason=str(exc.error), error=exc.error)
             except NotSent as exc:
                 self._set_fatal(exc.error)
-                outcome = RowOutcome(
+                result = RowOutcome(
                     row, NOT_ATTEMPTED, reason=f"not sent: {exc.error}", error=exc.error
                 )
             except Exception as exc:
@@ -529,25 +604,67 @@ class Scheduler:
                 if not isinstance(exc, MtsFacesError):
                     logger.exception("row %d: unexpected error; stopping the run", row.row)
                 self._set_fatal(exc)
-                outcome = RowOutcome(
+                result = RowOutcome(
                     row,
                     "failed",
                     reason=f"in doubt: {exc}; rerun to settle",
                     in_doubt=True,
                     error=exc if isinstance(exc, MtsFacesError) else None,
                 )
-            if outcome.status in ("failed", NOT_ATTEMPTED) and not outcome.in_doubt:
-                person.reserved -= 1  # the slot was not used; a later row may use it
-                person.seen.pop(row.image_url, None)
-            elif outcome.status == "registered" and outcome.face_id:
-                self._note_reported(row, outcome.face_id)
-            await self.emit(outcome)
-            self.buffered.release()
-            self.queued -= 1
-            if self.queued == 0:
-                self.all_done.set()
+            if isinstance(result, Doubt):
+                # Counted against the cap as possibly stored until the pool settles it.
+                person.doubts += 1
+                self.pool.add(result)
+                continue
+            await self._finish(person, row, result)
         person.task = None
-        self._mark_idle(person)
+        self._went_idle(person)
+
+    async def _finish(self, person: Person, row: FaceRow, outcome: RowOutcome) -> None:
+        """Account for a row's final outcome: its place under the cap, the consumer, the
+        read-ahead buffer."""
+        if outcome.status in ("failed", NOT_ATTEMPTED) and not outcome.in_doubt:
+            person.reserved -= 1  # the slot was not used; a later row may use it
+            person.seen.pop(row.identity(self.keys), None)
+        elif outcome.status == "registered" and outcome.face_id:
+            self._note_reported(row, outcome.face_id)
+        await self.emit(outcome)
+        self.buffered.release()
+        self.queued -= 1
+        if self.queued == 0:
+            self.all_done.set()
+
+    async def _finish_doubt(self, doubt: Doubt, outcome: RowOutcome) -> None:
+        person = self._doubt_person(doubt)
+        person.doubts -= 1
+        await self._finish(person, doubt.row, outcome)
+        self._went_idle(person)
+
+    def _resend(self, doubt: Doubt) -> None:
+        """A row proved absent after its deadline: first in its person's queue again."""
+        person = self._doubt_person(doubt)
+        person.doubts -= 1
+        person.pending.appendleft((doubt.row, None, doubt))
+        self._run_person(person)
+
+    def _doubt_person(self, doubt: Doubt) -> Person:
+        person = doubt.person
+        assert isinstance(person, Person)
+        return person
+
+    def _went_idle(self, person: Person) -> None:
+        if not person.busy:
+            self._mark_idle(person)
+            self.pool.poke()
+
+    def _person_idle(self, key: tuple[str, str]) -> bool:
+        person = self.people.get(key)
+        return person is None or not person.busy
+
+    def _category_faces(self, category_id: str) -> int | None:
+        if not self.o.check_existing:
+            return None  # never listed: its size is unknown
+        return self.category_faces.get(category_id.casefold(), 0)
 
     def _set_fatal(self, exc: BaseException) -> None:
         if self.fatal is None:
@@ -574,7 +691,7 @@ class Scheduler:
 
     def _note_reported(self, row: FaceRow, face_id: str) -> None:
         if self.ledger is None and row.person_key in self._ambiguous:
-            self._reported[row.row_key] = face_id
+            self._reported.add(face_id)
 
     def _ambiguous_persons(self) -> Iterable[tuple[str, str, float]]:
         if self.ledger is not None:
@@ -582,12 +699,16 @@ class Scheduler:
         return list(self._ambiguous.values())
 
     async def verify_ambiguous(self) -> None:
-        """List each person that had an ambiguous outcome after its settle deadline; repair
-        any image URL stored under several FaceIds."""
+        """The end-of-run pass: list each person that had an ambiguous outcome and was not
+        verified while the run went on (the pool remembers a bounded number), after its
+        settle deadline; repair any image stored under several FaceIds."""
         persons = self._ambiguous_persons()
         for category_id, person_id, latest in persons:
             if self.stopping():
                 return
+            key = (category_id.casefold(), person_id.casefold())
+            if key in self.pool.verified:
+                continue  # verified while the run went on
             # A late commit may land up to the settle period after the send, and no sooner
             # than the client's timeout: the listing waits for both.
             wait = latest + max(self.o.settle, self.client.timeout) - self.o.clock()
@@ -596,12 +717,7 @@ class Scheduler:
             listing = await self._list_for_verify(category_id, person_id)
             if listing is None:
                 continue
-            key = (category_id.casefold(), person_id.casefold())
-            dups = [
-                d
-                for d in find_duplicates(listing)
-                if (d.category_id.casefold(), d.person_id.casefold()) == key
-            ]
+            dups = list(find_duplicates(listing, self.keys, only=key))
             if not dups:
                 continue
             for done in await repair(self.calls, dups, self._kept_face, apply=self.o.repair):
@@ -627,12 +743,11 @@ class Scheduler:
                     return None
                 await self.sleep(self.o.budget.delay(tries.tries, exc, self.settler.rng))
 
-    def _kept_face(self, dup: Any) -> str | None:
-        key = "\x1f".join((dup.category_id.casefold(), dup.person_id.casefold(), dup.image_url))
+    def _kept_face(self, dup: Duplicate) -> str | None:
+        """The FaceId of a duplicate the ledger (or, without one, this run) holds."""
         if self.ledger is not None:
-            held = self.ledger.get(key)
-            return held.face_id if held is not None else None
-        return self._reported.get(key)
+            return held_face(self.ledger.person_rows(dup.category_id, dup.person_id), dup)
+        return next((f for f in dup.face_ids if f in self._reported), None)
 
     # --- concurrency ---------------------------------------------------------------------------
 
@@ -644,12 +759,9 @@ class Scheduler:
         wanted = math.ceil(rate * (latency if latency is not None else 0.1) * 1.5) + 4
         return max(4, min(self.max_workers, wanted))
 
-    async def _observe_latency(self, seconds: float) -> None:
-        if self._latency_ewma is None:
-            self._latency_ewma = seconds
-        else:
-            self._latency_ewma += 0.1 * (seconds - self._latency_ewma)
-        target = self._target_concurrency(self._latency_ewma)
+    async def _observe_latency(self, average: float) -> None:
+        # ``average``: the moving average of registrations' latency (ServiceCalls keeps it).
+        target = self._target_concurrency(average)
         if target != self.gate.limit:
             await self.gate.resize(target)
 
@@ -690,6 +802,13 @@ class Scheduler:
                 await asyncio.wait_for(self.outcomes.get(), 0.05)
             except TimeoutError:
                 continue
+
+
+def held_face(rows: Iterable[LedgerRow], dup: Duplicate) -> str | None:
+    """Of a duplicate's FaceIds, the one a ledger row of its person holds registered."""
+    return next(
+        (r.face_id for r in rows if r.state == "registered" and r.face_id in dup.face_ids), None
+    )
 
 
 def repairs_of(report: RegistrationReport) -> list[Repair]:
