@@ -363,3 +363,34 @@ async def test_a_hung_registration_says_when_its_request_was_written(backend: st
             after = time.monotonic()
     written = caught.value.written_at
     assert written is not None and before <= written <= after - 0.25
+
+
+async def test_hung_registrations_give_their_slots_back(monkeypatch: Any) -> None:
+    """Four calls hang (as connections waiting out their timeout do) with a concurrency of
+    four: the other rows still go through, because a call past its lease frees its slot."""
+    from mts_faces import AmbiguousOutcomeError, RegisteredFace, TransportError
+    from mts_faces.reconcile import ServiceCalls
+
+    monkeypatch.setattr(ServiceCalls, "MIN_LEASE", 0.05)
+    others_done = asyncio.Event()
+
+    class Hanging(FakeClient):
+        async def register_custom_face(self, category_id: str, *args: Any, **kw: Any) -> Any:
+            if category_id == "hang":
+                self.calls["hung"] = self.calls.get("hung", 0) + 1
+                await others_done.wait()  # answered only once the others went through
+                raise AmbiguousOutcomeError(
+                    "RegisterCustomFace", TransportError("timeout", request_sent=True)
+                )
+            face: RegisteredFace = await super().register_custom_face(category_id, *args, **kw)
+            if len(self.all_face_ids()) == 20:
+                others_done.set()
+            return face
+
+    client = Hanging()
+    data = [FaceRow("hang", f"h{i}", f"https://img.example/h/{i}.jpg") for i in range(4)]
+    data += [FaceRow(CATEGORY, f"p{i}", f"https://img.example/p/{i}.jpg") for i in range(20)]
+    registrar = Registrar(client, concurrency=4, settle=0.1, verify=False, max_attempts=1)  # type: ignore[arg-type]
+    report = await asyncio.wait_for(registrar.register_all(data), 30)
+    assert client.calls["hung"] == 4
+    assert report.registered == 20 and report.failed == 4  # the hung ones: budget spent
