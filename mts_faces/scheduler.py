@@ -612,10 +612,16 @@ class Scheduler:
                     error=exc if isinstance(exc, MtsFacesError) else None,
                 )
             if isinstance(result, Doubt):
-                # Counted against the cap as possibly stored until the pool settles it.
-                person.doubts += 1
-                self.pool.add(result)
-                continue
+                if self.stopping():
+                    # The pool may have ended already: the row stays in doubt for a rerun.
+                    result = await self.settler.in_doubt(
+                        row, "the run stopped while the row was settling", result.last_error
+                    )
+                else:
+                    # Counted against the cap as possibly stored until the pool settles it.
+                    person.doubts += 1
+                    self.pool.add(result)
+                    continue
             await self._finish(person, row, result)
         person.task = None
         self._went_idle(person)

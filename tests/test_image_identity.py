@@ -394,3 +394,47 @@ async def test_hung_registrations_give_their_slots_back(monkeypatch: Any) -> Non
     report = await asyncio.wait_for(registrar.register_all(data), 30)
     assert client.calls["hung"] == 4
     assert report.registered == 20 and report.failed == 4  # the hung ones: budget spent
+
+
+async def test_stop_while_a_send_is_in_flight_that_then_turns_ambiguous_ends_the_run() -> None:
+    """The run stops (the settle pool ends) while a registration is in flight; its answer is
+    then lost: the row ends in doubt instead of waiting for a pool that is gone."""
+    from mts_faces import AmbiguousOutcomeError, TransportError
+
+    release = asyncio.Event()
+    in_flight = asyncio.Event()
+
+    class Gated(FakeClient):
+        async def register_custom_face(
+            self, category_id: str, person_id: str, *a: Any, **k: Any
+        ) -> Any:
+            if person_id == "b":
+                in_flight.set()
+                await release.wait()
+                raise AmbiguousOutcomeError(
+                    "RegisterCustomFace", TransportError("timeout", request_sent=True)
+                )
+            return await super().register_custom_face(category_id, person_id, *a, **k)
+
+    client = Gated(lambda action, n: "drop" if action == "RegisterCustomFace" and n == 1 else None)
+    registrar = Registrar(client, settle=0.3, concurrency=4, retry_backoff=0.01)  # type: ignore[arg-type]
+    data = [
+        FaceRow("c", "a", "https://x.example/a1.jpg"),
+        FaceRow("c", "b", "https://x.example/b1.jpg"),
+    ]
+
+    async def stop_then_answer() -> None:
+        await in_flight.wait()
+        registrar.stop()
+        await asyncio.sleep(0.6)  # past a's deadline: the pool has seen the stop and ended
+        release.set()
+
+    outcomes, _ = await asyncio.wait_for(
+        asyncio.gather(_collect(registrar, data), stop_then_answer()), 10
+    )
+    assert sorted(o.row.row for o in outcomes) == [1, 2]
+    assert all(o.in_doubt for o in outcomes)
+
+
+async def _collect(registrar: Registrar, data: list[FaceRow]) -> list[Any]:
+    return [o async for o in registrar.run(data)]
