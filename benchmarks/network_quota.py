@@ -14,7 +14,7 @@ quota gate, and runs the rival; see ``benchmarks/_rows_network.py``):
 Prints one JSON line: completion times of the successful calls (seconds from the first
 call), outcome counts, and for ``lanes`` the interactive waits.
 
-    python -m benchmarks.network_quota --scenario ours --url URL [--calls 3000]
+    python -m benchmarks.network_quota --scenario ours --url URL [--calls 3000] [--backend B]
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
         qps=args.qps,
         limiter=given,
         max_retries=20,
+        http_backend=args.backend,
     ) as client:
         start = time.perf_counter()
 
@@ -80,6 +81,16 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
             statuses["registered" if priority == "bulk" else "interactive"] += 1
             (done if priority == "bulk" else interactive_done).append(time.perf_counter() - start)
 
+        rates: list[tuple[float, float, float]] = []
+
+        async def sample() -> None:  # the limiter's rate and margin, 4 times a second
+            while True:
+                rates.append(
+                    (time.perf_counter() - start, limiter.current_rate, limiter.current_margin)
+                )
+                await asyncio.sleep(0.25)
+
+        sampler = asyncio.create_task(sample())
         bulk = asyncio.gather(*(one(row, "bulk") for row in faces(args.calls)))
         interactive = []
         if args.scenario == "lanes":
@@ -90,6 +101,7 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
                 interactive.append(asyncio.create_task(one(row, "interactive")))
         await bulk
         await asyncio.gather(*interactive)
+        sampler.cancel()
         attempts = client.attempts
     return {
         "done": done,
@@ -99,6 +111,7 @@ async def run_ours(args: argparse.Namespace, key_id: str, secret: str) -> dict[s
         "waits": limiter.waits,
         "margin": limiter.current_margin,
         "rate": limiter.current_rate,
+        "rates": rates,
     }
 
 
@@ -141,6 +154,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--qps", type=float, default=100.0)
     parser.add_argument("--every", type=float, default=0.2, help="s between interactive calls")
+    parser.add_argument("--backend", choices=("httpx", "aiohttp"), default="httpx")
     args = parser.parse_args()
     key_id = os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"]
     secret = os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]

@@ -58,6 +58,7 @@ from ._window import (
     AimdRate,
     LearnedMargin,
     MarginPolicy,
+    RecentWidenings,
     RoundTrips,
     WindowSchedule,
     call_limit,
@@ -239,6 +240,7 @@ class _Scope:
         self.rate = AimdRate(qps, adaptive)
         self.margin = None if learn is None else LearnedMargin(learn, margin)
         self.trips = RoundTrips()
+        self.widenings = RecentWidenings()
         self.epoch = 0
         self.cut_settles = -math.inf  # calls granted before this met the last cut's window
         self.first: float | None = None  # the first start
@@ -253,8 +255,11 @@ class _Scope:
         self.woken: asyncio.Future[None] | None = None
         self.timer: asyncio.Handle | None = None  # the pending call to dispatch
 
-    def interval(self) -> float:
-        return self.schedule.window / self.rate.rate
+    def interval(self, now: float) -> float:
+        return self.schedule.window / self.rate.advance(now)
+
+    def rate_cooldown(self) -> float:
+        return (self.rate.policy or DEFAULT_AIMD).cooldown
 
     def set_margin(self) -> None:
         if self.margin is not None:
@@ -330,7 +335,7 @@ class WindowLimiter(QuotaLimiter):
     def current_rate(self) -> float:
         """RegisterCustomFace's rate now (in the region last used), in calls per second:
         ``qps`` unless competition cut it."""
-        return self._default.rate.rate
+        return self._default.rate.advance(self._now())
 
     @property
     def current_margin(self) -> float:
@@ -339,7 +344,7 @@ class WindowLimiter(QuotaLimiter):
 
     def rate_of(self, action: str, region: str = "") -> float:
         """The current rate of one (region, action) schedule."""
-        return self._scope(region, action).rate.rate
+        return self._scope(region, action).rate.advance(self._now())
 
     def margin_of(self, action: str, region: str = "") -> float:
         """The current window margin of one (region, action) schedule."""
@@ -383,7 +388,7 @@ class WindowLimiter(QuotaLimiter):
                 raise
             scope.woken = None
             now = self._now()
-            if scope.schedule.earliest(now, scope.interval()) <= now:
+            if scope.schedule.earliest(now, scope.interval(now)) <= now:
                 grant = self._take(scope, now, action, region, lane)
                 self._dispatch(scope)
                 return grant
@@ -426,20 +431,24 @@ class WindowLimiter(QuotaLimiter):
         margin = scope.margin
         maximum = margin.policy.maximum if margin is not None else 0.0
         current = margin.value if margin is not None else math.inf
-        verdict = classify(grant.headroom, current, spread, maximum)
+        recent = scope.widenings.count(now)
+        verdict = classify(grant.headroom, current, spread, maximum, recent)
         if verdict == COMPETITION or margin is None:
             if scope.rate.policy is None or grant.at < scope.cut_settles:
                 # The server still counts a window of calls sent before the last cut: a
                 # throttle now says nothing about the new rate.
                 return
             scope.cut_settles = now + scope.schedule.window
+            scope.widenings.clear()
             if margin is not None:
                 margin.undo_run()
                 scope.set_margin()
             share = scope.share(now)
-            scope.rate.cut_to(now, None if share is None else share * SHARE_SAFETY)
+            sent = scope.schedule.started_since(now - scope.rate_cooldown())
+            scope.rate.cut_to(now, share, SHARE_SAFETY, sent=sent)
         else:
             margin.widen(min(spread, margin.policy.maximum))
+            scope.widenings.add(now)
             scope.set_margin()
         scope.epoch += 1
         if scope.timer is not None or scope.woken is None:
@@ -461,7 +470,7 @@ class WindowLimiter(QuotaLimiter):
             scope.cold_until = now + scope.schedule.window
         extra = self.warmup if now < scope.cold_until else 0.0
         headroom = scope.schedule.headroom(now)
-        scope.schedule.take(now, scope.interval(), extra)
+        scope.schedule.take(now, scope.interval(now), extra)
         return Grant(action, region, now, scope.epoch, headroom, lane)
 
     def _now(self) -> float:
@@ -503,7 +512,7 @@ class WindowLimiter(QuotaLimiter):
         if head is None:
             return
         now = self._now()
-        at = scope.schedule.earliest(now, scope.interval())
+        at = scope.schedule.earliest(now, scope.interval(now))
         if at <= now:
             scope.woken = head.popleft()
             scope.woken.set_result(None)

@@ -52,6 +52,7 @@ from ._window import (
     MIN_TOLERANCE,
     AimdPolicy,
     MarginPolicy,
+    RecentWidenings,
     RoundTrips,
     call_limit,
     classify,
@@ -143,11 +144,19 @@ local cut_slot = tonumber(ARGV[28]) or 0
 local share_factor = tonumber(ARGV[29])
 local high = tonumber(ARGV[30]) or 0
 local bound = tonumber(ARGV[31]) or max_margin
+-- ARGV[32..36]: after a competition cut, the hold and its longest, the probe's cubic
+-- (calls/s after one second of probing), the onset span, and the safety under the share.
+local hold = tonumber(ARGV[32])
+local hold_max = tonumber(ARGV[33])
+local probe_c = tonumber(ARGV[34])
+local onset = tonumber(ARGV[35])
+local safety = tonumber(ARGV[36])
 local base_margin = window - 1000000
 
 local config = ARGV[1] .. '/' .. ARGV[2]
 local st = redis.call('HMGET', state, 'config', 'rate', 'tat', 'last', 'cut_until',
-  'burst_start', 'burst', 'margin', 'bad', 'before_m', 'before_b', 'calm', 'epoch', 'settles')
+  'burst_start', 'burst', 'margin', 'bad', 'before_m', 'before_b', 'calm', 'epoch', 'settles',
+  'competed_at', 'competing', 'probe_base', 'probe_start', 'drain_until', 'drain_rate')
 if st[1] and st[1] ~= config then
   return redis.error_reply('mts-faces limiter: workers of one key disagree on qps/margin: '
     .. st[1] .. ' here, ' .. config .. ' asked')
@@ -176,6 +185,28 @@ local before_b = tonumber(st[11]) or 0
 local calm = tonumber(st[12]) or 0
 local epoch = tonumber(st[13]) or 0
 local settles = tonumber(st[14]) or 0
+local competed_at = tonumber(st[15])
+local competing = tonumber(st[16]) or 0
+local probe_base = tonumber(st[17])
+local probe_start = tonumber(st[18])
+local drain_until = tonumber(st[19])
+local drain_rate = tonumber(st[20])
+
+-- After a competition cut: the drain, the rate held, then probing on a cubic (as
+-- AimdRate.advance).
+local function advance()
+  if not (adaptive and probe_start) then return end
+  if drain_until and now < drain_until then
+    rate = drain_rate
+  elseif now > probe_start then
+    local t = (now - probe_start) / 1000000
+    rate = math.min(ceiling, probe_base + probe_c * t * t * t)
+    if rate >= ceiling then probe_base, probe_start = nil, nil end
+  else
+    rate = probe_base
+  end
+end
+advance()
 
 -- The margin settles with calm calls, widens on our own bunching (LearnedMargin).
 if learn and successes > 0 then
@@ -208,11 +239,32 @@ elseif adaptive and cut_vote and cut_vote == epoch and cut_slot >= settles then
     end
     share = grants * share_factor * 1000000 / w
   end
-  if share and share < rate then
-    rate = math.max(floor_rate, share)
-  else
-    rate = math.max(floor_rate, rate * decrease)
+  -- (as AimdRate.cut_to: the share is already just under itself; a new program's onset
+  -- cuts by decrease at least; the hold grows half again with each cut of one run)
+  local cut = rate * decrease * safety
+  local target = cut
+  if share then target = math.min(share, rate * safety) end
+  if not competed_at or now - competed_at > onset then
+    target = math.min(target, cut)
+    competing = 0
   end
+  competing = competing + 1
+  rate = math.max(floor_rate, target)
+  competed_at = now
+  probe_base = rate
+  probe_start = now + math.min(hold_max, hold * 1.5 ^ (competing - 1))
+  -- Our calls of the last cooldown above the new rate drain from the server's window at
+  -- a rate lower by them, for cooldown (as AimdRate.cut_to).
+  local sent = 0
+  for _, e in ipairs(entries) do
+    if tonumber(e) > now - cooldown then sent = sent + 1 end
+  end
+  drain_until, drain_rate = nil, nil
+  if cooldown > 0 then
+    local excess = math.max(0, sent - rate * cooldown / 1000000) * 1000000 / cooldown
+    drain_until, drain_rate = now + cooldown, math.max(floor_rate, rate - excess)
+  end
+  advance()
   settles = now + w
   epoch = epoch + 1
 end
@@ -227,7 +279,13 @@ local function save(last_slot)
     'bad', string.format('%.17g', bad),
     'before_m', before_m and string.format('%.17g', before_m) or '',
     'before_b', string.format('%.17g', before_b), 'calm', string.format('%.17g', calm),
-    'epoch', string.format('%d', epoch), 'settles', string.format('%d', settles))
+    'epoch', string.format('%d', epoch), 'settles', string.format('%d', settles),
+    'competed_at', competed_at and string.format('%d', competed_at) or '',
+    'competing', string.format('%d', competing),
+    'probe_base', probe_base and string.format('%.17g', probe_base) or '',
+    'probe_start', probe_start and string.format('%d', probe_start) or '',
+    'drain_until', drain_until and string.format('%d', drain_until) or '',
+    'drain_rate', drain_rate and string.format('%.17g', drain_rate) or '')
 end
 
 -- AIMD on the shared rate (as _window.AimdRate): a bunch of throttles cuts, successes add.
@@ -247,7 +305,7 @@ elseif throttles > 0 then
   end
 end
 -- A batch may hold both kinds of feedback; successes count either way, as in AimdRate.
-if adaptive and successes > 0 and rate < ceiling then
+if adaptive and successes > 0 and rate < ceiling and not probe_start then
   rate = math.min(ceiling, rate + recovery * successes / rate)
 end
 
@@ -314,6 +372,7 @@ class _RedisScope:
         self.epoch = 0
         self.margin = 0.0
         self.trips = RoundTrips()
+        self.widenings = RecentWidenings()  # this worker's widening verdicts
         self.outcomes: deque[tuple[float, bool]] = deque(maxlen=1024)  # (slot, accepted)
         # This worker's verdicts, sent with its next reservation.
         self.widen_vote: int | None = None
@@ -476,11 +535,15 @@ class RedisWindowLimiter(QuotaLimiter):
             return  # granted before the last adaptation: stale
         maximum = self.learn.maximum if self.learn is not None else 0.0
         margin = scope.margin if self.learn is not None else math.inf
-        verdict = classify(grant.headroom, margin, scope.trips.spread(), maximum)
+        now = self._local_now()
+        recent = scope.widenings.count(now)
+        verdict = classify(grant.headroom, margin, scope.trips.spread(), maximum, recent)
         if verdict == JITTER and self.learn is not None:
             scope.widen_vote = grant.epoch
+            scope.widenings.add(now)
         else:
             scope.cut_vote = (grant.epoch, grant.at)
+            scope.widenings.clear()
 
     def _observe(self, scope: _RedisScope, grant: Grant, *, accepted: bool) -> None:
         now = self._local_now()
@@ -625,6 +688,7 @@ class RedisWindowLimiter(QuotaLimiter):
             str(restart_gap),
         ]
         args += self._learn_args(scope)
+        args += self._probe_args(scope.qps, self.adaptive)
         scope.widen_vote = scope.cut_vote = None
         sent = self._local_now()
         reply = await self._script(keys=scope.keys, args=args)
@@ -665,6 +729,17 @@ class RedisWindowLimiter(QuotaLimiter):
             "" if (share := self._accepted_share(scope)) is None else repr(share),
             str(round(scope.trips.high() * 1_000_000)),
             str(round(bound * 1_000_000)),
+        ]
+
+    @staticmethod
+    def _probe_args(qps: float, adaptive: AimdPolicy | None) -> list[str]:
+        policy = adaptive or DEFAULT_AIMD
+        return [
+            str(round(policy.hold * 1_000_000)),
+            str(round(policy.hold_max * 1_000_000)),
+            repr(policy.probe * qps),
+            str(round(policy.onset * 1_000_000)),
+            repr(SHARE_SAFETY),
         ]
 
     @staticmethod

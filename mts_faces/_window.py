@@ -95,6 +95,10 @@ class WindowSchedule:
             return math.inf
         return at - self._log[0] - 1.0
 
+    def started_since(self, since: float) -> int:
+        """How many of the logged starts opened their window after ``since``."""
+        return sum(1 for opened in self._log if opened > since)
+
     def take(self, at: float, interval: float, extra: float = 0.0) -> None:
         """Record a start at ``at`` (``>= earliest(...)``), its window opening ``extra`` later."""
         self._tat = max(self._tat, at) + interval
@@ -111,6 +115,27 @@ class AimdPolicy:
     the ceiling; ``cooldown``: seconds after a cut during which further throttles (answers to
     calls sent before the cut) are ignored, and the span in which ``threshold`` throttles
     must fall to make a cut.
+
+    After a cut for *competition* (``AimdRate.cut_to``) the rate does not creep back
+    additively, which would sit at the edge of what the other program leaves and collide
+    with it about once a second: it ``hold``s the share found, then probes upward on a cubic,
+    ``probe * ceiling * t**3`` after ``t`` seconds of probing, flat near the share and steep
+    beyond it. Why hold so long: at the edge, the server's one-second window fills only as
+    the excess of a whole second adds up, and whoever arrives first after a slot frees takes
+    it; a paced client arrives there first, so the other program, which retries nothing,
+    takes most of the throttles of each meeting before we take one. Fewer meetings are the
+    only way to spare it. So a program that stays is met once per ``hold`` (longer with each
+    meeting of one run, up to ``hold_max``) plus a fraction of a second, and a program that
+    leaves hands the quota back within ``hold_max`` plus under a second (from 70 to 100
+    calls/s: ``(30 / (1.0 * 100)) ** (1/3)`` = 0.67 s). A competition cut more than
+    ``onset`` seconds after the last one meets a new program: the share measured then still
+    counts our calls from before it came, so the rate is cut by ``decrease`` at least. After
+    any competition cut the server's window still holds our calls sent above the new rate,
+    for a window; the other program's calls would meet a full window all that time, so for
+    ``cooldown`` seconds the rate is lower by that excess (see ``cut_to``). Tuned on
+    ``tests/network_sim.py`` with a rival at 30 calls/s arriving within 6-20 ms of its pace
+    (eight seeds each): holds of 2-3 s and a probe of 0.4 let the rival lose 2-13 calls of
+    450; 3-4 s and 1.0, 2-9, with the quota back 2-4 s after it left.
     """
 
     decrease: float = attrs.field(default=0.7)
@@ -121,6 +146,14 @@ class AimdPolicy:
     """Throttles within ``cooldown`` seconds that make a cut. A lone throttle is more likely
     one late request (a scheduling hiccup) than a busier quota, which throttles in bunches;
     its retry costs one slot, where a cut would cost seconds of reduced rate."""
+    hold: float = attrs.field(default=3.0)
+    """Seconds the rate stays at the share a competition cut found before probing upward."""
+    hold_max: float = attrs.field(default=4.0)
+    """The longest hold: later cuts of one run of competition hold longer, up to this."""
+    probe: float = attrs.field(default=1.0)
+    """The probe's cubic: ``probe * ceiling`` calls/s gained after one second of probing."""
+    onset: float = attrs.field(default=10.0)
+    """A competition cut this long after the last one is taken as a new program's arrival."""
 
     @decrease.validator
     def _check_decrease(self, _: object, value: float) -> None:
@@ -147,13 +180,30 @@ class AimdPolicy:
         if value < 1:
             raise ValueError(f"threshold must be >= 1, got {value!r}")
 
+    @hold.validator
+    @hold_max.validator
+    @onset.validator
+    def _check_seconds(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+    @probe.validator
+    def _check_probe(self, _: object, value: float) -> None:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"probe must be a finite number > 0, got {value!r}")
+
 
 DEFAULT_AIMD = AimdPolicy()
 """The adaptive policy limiters use unless told otherwise."""
 
 
 class AimdRate:
-    """The current rate in calls per second: cut on throttling, regained on success."""
+    """The current rate in calls per second: cut on throttling, regained on success (after a
+    bunch of throttles) or by a held, then cubic, probe (after competition).
+
+    ``rate`` is the rate as of the last :meth:`advance`; the limiters advance it to the
+    moment they schedule a call.
+    """
 
     def __init__(self, ceiling: float, policy: AimdPolicy | None) -> None:
         self.ceiling = ceiling
@@ -162,6 +212,29 @@ class AimdRate:
         self._cut_until = -math.inf
         self._burst_start = -math.inf  # when the current run of throttles began
         self._burst = 0
+        self._competed_at = -math.inf  # the last competition cut
+        self._competing = 0  # competition cuts in the current run of them
+        # While probing after competition: where the cubic starts, and from which rate.
+        self._probe: tuple[float, float] | None = None
+        # After a competition cut, until ``_drain_until``: the lower rate that drains the
+        # server's window of our calls sent above the new rate before the cut.
+        self._drain: tuple[float, float] = (-math.inf, 0.0)
+
+    def advance(self, now: float) -> float:
+        """The rate at ``now``: held, then probing upward on a cubic after a competition cut."""
+        probe, policy = self._probe, self.policy
+        if probe is None or policy is None:
+            return self.rate
+        base, start = probe
+        until, drained = self._drain
+        if now < until:
+            return drained
+        if now > start:
+            t = now - start
+            self.rate = min(self.ceiling, base + policy.probe * self.ceiling * t * t * t)
+            if self.rate >= self.ceiling:
+                self._probe = None  # the whole quota again: probing is over
+        return self.rate
 
     def throttled(self, now: float, count: int = 1) -> bool:
         """Note ``count`` throttles; cut the rate when they make a bunch. Returns whether cut."""
@@ -181,26 +254,52 @@ class AimdRate:
     def succeeded(self, count: int = 1) -> None:
         """Regain ``recovery * ceiling`` per second: ``rate`` successes add that much."""
         policy = self.policy
-        if policy is None or self.rate >= self.ceiling:
-            return
+        if policy is None or self.rate >= self.ceiling or self._probe is not None:
+            return  # (while probing after competition, the cubic sets the rate)
         gain = policy.recovery * self.ceiling * count / self.rate
         self.rate = min(self.ceiling, self.rate + gain)
 
-    def cut_to(self, now: float, share: float | None) -> float:
+    def cut_to(
+        self, now: float, share: float | None, safety: float = 1.0, sent: float | None = None
+    ) -> float:
         """Cut for competition: straight to ``share`` when measured, else by ``decrease``.
 
         ``share`` is the rate at which our calls were accepted just before the throttle: with
         the quota full, that is what the other programs leave us, so the rate lands there at
-        once instead of after several cuts (and recovery then probes above it additively).
-        A share at or above the rate says nothing new: the rate is cut by ``decrease``.
-        Never below ``floor * ceiling``.
+        once (times ``safety``, just under it) instead of after several cuts; it is then held,
+        and probed above on a cubic (see :class:`AimdPolicy`). A share at or above the rate
+        puts the edge at the rate itself (a probe met the other program). Unmeasured, or at
+        a new program's onset (the share still counts our calls from before it came), the
+        rate is cut by ``decrease`` at least. Never below ``floor * ceiling``.
+
+        ``sent``: how many calls we started in the last ``cooldown`` seconds. Those above the
+        new rate still fill the server's window, and the other program's calls would meet a
+        full window until they leave it: for ``cooldown`` seconds the rate is lower by that
+        excess (spread over them), so the window drains. Returns the rate now.
         """
         policy = self.policy or DEFAULT_AIMD
+        self.advance(now)
         cut = self.rate * policy.decrease
-        target = share if share is not None and share < self.rate else cut
-        self.rate = max(self.ceiling * policy.floor, target)
+        # Throttled while our calls got at least the rate: the edge is at the rate itself.
+        target = cut if share is None else min(share, self.rate)
+        onset = now - self._competed_at > policy.onset
+        if onset:
+            target = min(target, cut)
+            self._competing = 0
+        self._competing += 1
+        self.rate = max(self.ceiling * policy.floor, target * safety)
         self._cut_until = now + policy.cooldown
-        return self.rate
+        self._competed_at = now
+        # A program that stays is met less often: the first hold is ``hold``, later ones
+        # half as long again (at most ``hold_max``).
+        hold = min(policy.hold_max, policy.hold * 1.5 ** (self._competing - 1))
+        self._probe = (self.rate, now + hold)
+        self._drain = (-math.inf, 0.0)
+        if sent is not None and policy.cooldown > 0:
+            excess = max(0.0, sent - self.rate * policy.cooldown) / policy.cooldown
+            floor = self.ceiling * policy.floor
+            self._drain = (now + policy.cooldown, max(floor, self.rate - excess))
+        return self.advance(now)
 
 
 # --- telling our own jitter from someone else's calls ------------------------------------------
@@ -335,7 +434,33 @@ JITTER = "jitter"
 COMPETITION = "competition"
 
 
-def classify(headroom: float, margin: float, spread: float, maximum: float) -> str:
+JITTER_RUN = 3
+"""Widenings within one second that are taken for competition instead. Bunching by our own
+jitter is rare once the margin is near the spread (a few throttles in 3,000 calls at 50 ms of
+one-way jitter, tests/network_sim.py), so its widenings come seconds apart; a program that
+has just begun spending the quota throttles our calls each time one of its own gets in,
+several times a second, and its third throttle ends the run of widenings at once."""
+
+
+class RecentWidenings:
+    """When the last few widenings happened, to tell a run of them (see :data:`JITTER_RUN`)."""
+
+    def __init__(self, span: float = 1.0) -> None:
+        self.span = span
+        self._times: deque[float] = deque(maxlen=JITTER_RUN - 1)
+
+    def count(self, now: float) -> int:
+        """Widenings within ``span`` seconds before ``now``."""
+        return sum(1 for at in self._times if now - at < self.span)
+
+    def add(self, now: float) -> None:
+        self._times.append(now)
+
+    def clear(self) -> None:
+        self._times.clear()
+
+
+def classify(headroom: float, margin: float, spread: float, maximum: float, recent: int = 0) -> str:
     """Whose calls filled the server's second when a call granted with ``headroom`` was throttled.
 
     ``headroom``: how much more than one second separated this grant from ours ``limit``
@@ -345,9 +470,11 @@ def classify(headroom: float, margin: float, spread: float, maximum: float) -> s
     * ``headroom > min(spread, maximum)``: we could not have filled the second ourselves:
       someone else spends the quota (competition);
     * otherwise, while ``margin`` is below that bound: our own calls may have bunched (jitter);
-    * with the margin already as wide as the network can explain: competition.
+    * with the margin already as wide as the network can explain: competition;
+    * and so is the third throttle of a run of widenings within a second (``recent``: the
+      widenings before this one, see :data:`JITTER_RUN`).
     """
     bound = min(spread, maximum)
-    if headroom > bound or margin >= bound:
+    if headroom > bound or margin >= bound or recent >= JITTER_RUN - 1:
         return COMPETITION
     return JITTER

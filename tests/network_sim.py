@@ -46,6 +46,7 @@ class SimResult:
     accepted: int = 0
     throttled: int = 0
     rival_accepted: int = 0
+    rival_throttled: int = 0
     peak: int = 0
     end: float = 0.0
     accepted_at: list[float] = attrs.Factory(list)
@@ -88,6 +89,8 @@ async def simulate(
             for at in rival.due(now):
                 if quota.admit("acct", ACTION, at):
                     result.rival_accepted += 1
+                else:
+                    result.rival_throttled += 1
         if quota.admit("acct", ACTION, now):
             window.add(now)
             result.accepted_at.append(now)

@@ -224,6 +224,7 @@ def test_emulate_flags_set_the_network_rival_and_action_quotas() -> None:
     assert (config.network_delay, config.network_jitter) == (0.01, 0.03)
     assert (config.rival_qps, config.rival_start, config.rival_duration) == (30, 2, 15)
     assert config.rival_bursty and not config.retry_after
+    assert config.rival_client == "plain"  # the command line's rival is a real program
     assert dict(config.action_qps) == {LIST: 10.0}
     with pytest.raises(SystemExit):
         parser.parse_args(["emulate", "--action-qps", "Nope=3"])

@@ -81,8 +81,10 @@ def test_round_trip_spread_is_p95_minus_p5_once_enough_are_known() -> None:
 def test_competition_cuts_to_the_share_not_by_a_factor() -> None:
     rate = AimdRate(100.0, AimdPolicy(decrease=0.7, floor=0.1))
     assert rate.cut_to(0.0, 68.0) == 68.0  # straight to what the others leave us
-    assert rate.cut_to(1.0, 90.0) == pytest.approx(47.6)  # a share above the rate: a factor
-    assert rate.cut_to(2.0, 1.0) == 10.0  # never below the floor
+    # A share above the rate: the edge is the rate itself.
+    assert rate.cut_to(1.0, 90.0) == pytest.approx(68.0)
+    assert rate.cut_to(2.0, None) == pytest.approx(47.6)  # unmeasured: by a factor
+    assert rate.cut_to(3.0, 1.0) == 10.0  # never below the floor
 
 
 # --- on the simulated network ------------------------------------------------------------------
@@ -113,16 +115,55 @@ def test_a_rival_is_competition_the_share_is_found_and_regained_when_it_stops() 
             limiter, calls=3000, jitter=0.0, rival_qps=30, rival_start=2, rival_duration=15
         )
     )
-    assert result.throttled <= 60  # 2% of 3,000
+    assert result.throttled <= 30  # 1% of 3,000
+    # The rival retries nothing: each throttle of its calls is a failure we caused.
+    rival_calls = result.rival_accepted + result.rival_throttled
+    assert rival_calls == 450
+    assert result.rival_throttled <= 9  # 2% of its calls
     # While the rival runs (after a second to find the share), the two keep the quota busy.
     during = result.rate_between(4, 17)
     assert 60 <= during <= 72
     assert during + 30 >= 95
-    # After it stops at 17 s, back to >= 98 calls/s within 10 s.
+    # After it stops at 17 s (its calls leave the window by 18 s), back to >= 98 calls/s
+    # within 5 s.
     recovered = [t for t in range(17, 40) if result.rate_between(t, t + 1) >= 98]
-    assert recovered and recovered[0] <= 27
+    assert recovered and recovered[0] <= 22
     # The margin the rival's throttles widened was given back.
     assert limiter.current_margin < 0.01
+
+
+def test_after_competition_the_rate_holds_then_probes_on_a_cubic() -> None:
+    policy = AimdPolicy(decrease=0.7, hold=2.0, hold_max=3.0, probe=0.4, onset=10.0)  # not defaults
+    rate = AimdRate(100.0, policy)
+    # A new program's onset: the share measured (99) still counts our calls from before it
+    # came, so the cut is by decrease at least, then a little under (safety).
+    assert rate.cut_to(0.0, 99.0, 0.97) == pytest.approx(67.9)
+    rate.succeeded(1000)  # successes do not creep the rate up while it holds
+    assert rate.advance(1.9) == pytest.approx(67.9)
+    # After the hold: 67.9 + 0.4 * 100 * t**3 calls/s at t s of probing.
+    assert rate.advance(2.5) == pytest.approx(67.9 + 40 * 0.125)
+    # Met again within the onset span: straight to the share, and the hold is longer.
+    assert rate.cut_to(3.0, 70.0, 0.97) == pytest.approx(67.9)
+    assert rate.advance(5.9) == pytest.approx(67.9)  # held 3 s, not 2
+    assert rate.advance(6.5) == pytest.approx(67.9 + 40 * 0.125)
+    # The program left: the cubic reaches the whole quota (0.93 s from 67.9), probing ends
+    # and additive recovery rules again.
+    assert rate.advance(8.0) == 100.0
+    rate.throttled(9.0, 2)  # a bunch (no competition verdict): cut by decrease, then regained
+    assert rate.rate == pytest.approx(70.0)
+    rate.succeeded(70)  # one second's worth regains recovery * ceiling
+    assert rate.rate == pytest.approx(75.0)
+    # Calls we sent above the new rate in the last cooldown still fill the server's window:
+    # for that long the rate is lower by them, so the window drains.
+    # (A share above the rate puts the edge at the rate: 75.)
+    assert rate.cut_to(12.0, 90.0, 1.0, sent=90) == pytest.approx(75 - 15)
+    assert rate.advance(12.9) == pytest.approx(60.0)
+    assert rate.advance(13.0) == pytest.approx(75.0)  # then held (3 s: the third cut)
+    assert rate.advance(14.9) == pytest.approx(75.0)
+    assert rate.advance(16.0) == 100.0
+    # Long after the last competition: a new onset again, where a share under the rate
+    # (90 of 100) is not trusted alone: cut by decrease.
+    assert rate.cut_to(30.0, 90.0) == pytest.approx(70.0)
 
 
 def test_interactive_calls_skip_the_bulk_queue_and_bulk_keeps_the_quota() -> None:

@@ -250,7 +250,25 @@ async def test_verdicts_adapt_the_shared_margin_and_rate_once_per_epoch(redis: R
             one.on_success(grant)
     late = await one.acquire(priority="bulk")
     one.on_throttled(attrs.evolve(late, headroom=1.0))
+    cut_at = fake.now  # the script runs (and cuts) now; the acquire then sleeps to its slot
     await one.acquire(priority="bulk")
-    assert 55 <= one.current_rate <= 70
+    drained = one.current_rate
     await two.acquire(priority="bulk")
     assert two.current_rate == one.current_rate
+    # Then, shared, as AimdRate: for a second lower still (our calls sent above the new
+    # rate drain from the server's window), held until 3 s (successes add nothing), then a
+    # cubic probe, 1.0 * 100 * t**3 calls/s at t s of probing (the default policy).
+    fake.now = cut_at + 1.5
+    one.on_success(await one.acquire(priority="bulk"))
+    await two.acquire(priority="bulk")
+    cut = two.current_rate
+    assert 55 <= cut <= 70 and drained < cut
+    fake.now = cut_at + 2.9
+    await one.acquire(priority="bulk")
+    assert one.current_rate == pytest.approx(cut, abs=1e-9)
+    fake.now = cut_at + 3.5
+    await two.acquire(priority="bulk")
+    assert two.current_rate == pytest.approx(cut + 100 * 0.5**3, abs=0.5)
+    fake.now = cut_at + 5.0  # the whole quota again
+    await one.acquire(priority="bulk")
+    assert one.current_rate == 100.0

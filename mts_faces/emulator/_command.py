@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from .._cli_support import non_negative
-from ._config import ACTIONS, AccessKey, EmulatorConfig
+from ._config import ACTIONS, RIVAL_CLIENTS, AccessKey, EmulatorConfig
 from ._emulator import Emulator
 
 ENV_ID = "ALIBABA_CLOUD_ACCESS_KEY_ID"
@@ -137,6 +137,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     quota.add_argument("--rival-duration", type=float, help="s the rival runs (default: ever)")
     quota.add_argument("--rival-bursty", action="store_true", help="each second's calls at once")
     quota.add_argument(
+        "--rival-client",
+        choices=RIVAL_CLIENTS,
+        default="plain",
+        help="the rival: a separate process over httpx (plain, default) or Alibaba's SDK "
+        "(official, the bench extra), or calls charged at exact times with no network (arrivals)",
+    )
+    quota.add_argument(
         "--no-retry-after",
         dest="retry_after",
         action="store_false",
@@ -183,6 +190,7 @@ def config_from_args(args: argparse.Namespace, key: AccessKey | None) -> Emulato
         rival_start=args.rival_start,
         rival_duration=args.rival_duration,
         rival_bursty=args.rival_bursty,
+        rival_client=args.rival_client,
         retry_after=args.retry_after,
     )
 
@@ -228,6 +236,9 @@ async def _serve(config: EmulatorConfig, args: argparse.Namespace, *, from_env: 
         f"{stats.throttled:,} throttled, max {stats.max_window_accepted} accepted "
         f"in any 1 s window, {stats.faces_stored:,} faces stored\n"
     )
-    sys.stderr.write(json.dumps(stats.to_dict(), sort_keys=True) + "\n")
+    report = stats.to_dict()
+    if emulator.rival_report is not None:
+        report["rival_report"] = emulator.rival_report
+    sys.stderr.write(json.dumps(report, sort_keys=True) + "\n")
     sys.stderr.flush()
     return 0

@@ -10,6 +10,8 @@ from typing import Any
 import attrs
 
 REGISTER_CUSTOM_FACE = "RegisterCustomFace"
+RIVAL_CLIENTS = ("arrivals", "plain", "official")
+"""The ways the emulator makes its rival program (see ``EmulatorConfig.rival_client``)."""
 UNREGISTER_CUSTOM_FACE = "UnregisterCustomFace"
 LIST_CUSTOM_PERSONS = "ListCustomPersons"
 TAG_CUSTOM_PERSON = "TagCustomPerson"
@@ -143,12 +145,28 @@ class EmulatorConfig:
     """AccessKeyId whose account the rival spends (None: the main key's)."""
     rival_action: str = REGISTER_CUSTOM_FACE
     """The action whose quota the rival spends."""
+    rival_client: str = "arrivals"
+    """How the rival is made: ``"arrivals"``, its calls charged to the quota at their exact
+    times with no network (deterministic, for tests); ``"plain"`` or ``"official"``, a real,
+    separate client process sending over its own new connection per call (httpx, or
+    Alibaba's SDK from the ``bench`` extra), with the emulator's latency and jitter like any
+    other client, retrying nothing. A process rival spends the main key's quota and only
+    ``RegisterCustomFace``."""
     retry_after: bool = True
     """Send ``x-acs-retry-after`` (milliseconds until the quota frees a slot) when throttling."""
 
     def __attrs_post_init__(self) -> None:
         if self.rival_action not in ACTIONS:
             raise ValueError(f"rival_action: unknown action {self.rival_action!r}")
+        if self.rival_client not in RIVAL_CLIENTS:
+            raise ValueError(
+                f"rival_client must be one of {', '.join(RIVAL_CLIENTS)}, got {self.rival_client!r}"
+            )
+        if self.rival_client != "arrivals" and self.rival_qps > 0:
+            if self.rival_key is not None or self.rival_action != REGISTER_CUSTOM_FACE:
+                raise ValueError("a process rival spends the main key's RegisterCustomFace quota")
+            if self.tls:
+                raise ValueError("a process rival talks plain HTTP: use it without tls")
         if self.rival_duration is not None and self.rival_duration < 0:
             raise ValueError(f"rival_duration must be >= 0, got {self.rival_duration}")
         faults = self.fault_total

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,8 @@ IN_PROCESS_ENDPOINT = "http://localhost"
 """The endpoint of an in-process emulator: a loopback name no request is ever sent to."""
 # The client's own limiter must never be what a test waits on when the emulator has no quota.
 _UNLIMITED_QPS = 1_000_000.0
+# How long the rival program may take to import its client (Alibaba's SDK: about a second).
+RIVAL_START_TIMEOUT = 60.0
 
 
 class Emulator:
@@ -53,6 +57,10 @@ class Emulator:
         self._server = HttpServer(self._service, max_body=config.max_body)
         self._tls: TlsMaterial | None = None
         self._port: int | None = None
+        self._rival: asyncio.subprocess.Process | None = None
+        self.rival_report: dict[str, Any] | None = None
+        """The process rival's own summary (``rival_client`` "plain" or "official"), once it
+        has finished: calls sent, accepted, throttled, failed, and accepted per second."""
 
     def __repr__(self) -> str:
         where = self.url if self._port is not None else "not started"
@@ -73,9 +81,57 @@ class Emulator:
             self._tls = server_tls(self.config)
         context = self._tls.server_context if self._tls else None
         self._port = await self._server.start(self.config.host, self.config.port, context)
+        config = self.config
+        if config.rival_qps > 0 and config.rival_client != "arrivals":
+            try:
+                await self._start_rival()
+            except BaseException:
+                await self.aclose()
+                raise
+
+    async def _start_rival(self) -> None:
+        """Start the rival program's process; it begins at the first request's arrival."""
+        config = self.config
+        args = ["--url", self.url, "--qps", repr(config.rival_qps)]
+        args += ["--start", repr(config.rival_start), "--client", config.rival_client]
+        if config.rival_duration is not None:
+            args += ["--duration", repr(config.rival_duration)]
+        if config.rival_bursty:
+            args.append("--bursty")
+        env = {
+            **os.environ,
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": self.key.access_key_id,
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": self.key.access_key_secret,
+        }
+        rival = self._rival = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mts_faces.emulator._rival_client", *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        assert rival.stdout is not None and rival.stdin is not None
+        ready = await asyncio.wait_for(rival.stdout.readline(), RIVAL_START_TIMEOUT)
+        if ready.strip() != b"ready":
+            raise RuntimeError("the rival program did not start (is its client installed?)")
+        stdin = rival.stdin
+
+        def begin() -> None:
+            stdin.write(f"{time.time()!r}\n".encode())
+
+        self._service.on_first_arrival = begin
 
     async def aclose(self) -> None:
-        """Stop listening and drop every connection (pending answers are never sent)."""
+        """Stop listening and drop every connection (pending answers are never sent); a
+        rival program still running is stopped."""
+        rival, self._rival = self._rival, None
+        if rival is not None:
+            assert rival.stdin is not None and rival.stdout is not None
+            rival.stdin.close()  # a rival never begun ends at once
+            if rival.returncode is None and self._service.on_first_arrival is None:
+                with contextlib.suppress(ProcessLookupError):
+                    rival.terminate()
+            out = await rival.stdout.read()
+            await rival.wait()
+            with contextlib.suppress(ValueError, IndexError):
+                self.rival_report = json.loads(out.splitlines()[-1])
         await self._server.stop()
         self._port = None
 

@@ -25,6 +25,7 @@ from . import _stats as kinds
 from ._actions import execute, validate
 from ._config import ACTIONS, LIST_CUSTOM_PERSONS, REGISTER_CUSTOM_FACE, EmulatorConfig
 from ._library import Library
+from ._rival_client import RIVAL_AGENT
 from ._stats import EmulatorStats, StatsRecorder
 from ._verify import API_VERSION, NonceCache, SignedRequest, Verifier, decode_params
 from ._window import Quota, Rival, retry_after_ms
@@ -119,12 +120,17 @@ class Service:
             {action: int(qps) for action, qps in config.action_qps.items()},
         )
         self._rival: Rival | None = None
-        if config.rival_qps > 0:
+        if config.rival_qps > 0 and config.rival_client == "arrivals":
             self._rival = Rival(
                 config.rival_qps, config.rival_start, config.rival_duration, config.rival_bursty
             )
         rival_key = config.rival_key or main_key_id or ""
         self._rival_account = config.accounts.get(rival_key, rival_key)
+        # The process rival's calls (``config.rival_client`` "plain" or "official"), told
+        # apart by their User-Agent.
+        self._process_rival = [0, 0]  # accepted, throttled
+        self.on_first_arrival: Callable[[], None] | None = None
+        """Called once, at the first request that is not the rival's (the rival's origin)."""
         self._stats = StatsRecorder()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -147,8 +153,8 @@ class Service:
         return attrs.evolve(
             self._stats.snapshot(self.library.face_count),
             max_window_quota=self._quota.peak,
-            rival_accepted=rival.accepted if rival else 0,
-            rival_throttled=rival.throttled if rival else 0,
+            rival_accepted=(rival.accepted if rival else 0) + self._process_rival[0],
+            rival_throttled=(rival.throttled if rival else 0) + self._process_rival[1],
         )
 
     def reset_stats(self) -> None:
@@ -157,6 +163,7 @@ class Service:
         self._quota.reset_peaks()
         if self._rival is not None:
             self._rival.accepted = self._rival.throttled = 0
+        self._process_rival = [0, 0]
 
     # --- one request ---------------------------------------------------------------------------
 
@@ -196,9 +203,16 @@ class Service:
                 raise errors.missing_parameter("Version")
             if identity.version != API_VERSION:
                 raise errors.BAD_VERSION
-            throttled = self._gate(identity.access_key_id, action, now, request_id, host_id)
-            if throttled is None:
+            is_rival = RIVAL_AGENT in (signed.header("user-agent") or "")
+            if not is_rival and self.on_first_arrival is not None:
+                hook, self.on_first_arrival = self.on_first_arrival, None
+                hook()
+            throttled = self._gate(
+                identity.access_key_id, action, now, request_id, host_id, from_rival=is_rival
+            )
+            if throttled is None and not is_rival:
                 stats.admitted(now)
+            if throttled is None:
                 params = {**signed.form, **signed.query}
                 validate(action, params)
         except errors.ServiceError as exc:
@@ -217,9 +231,18 @@ class Service:
         return Deferred(delay, finish)
 
     def _gate(
-        self, key_id: str, action: str, now: float, request_id: str, host_id: str
+        self,
+        key_id: str,
+        action: str,
+        now: float,
+        request_id: str,
+        host_id: str,
+        *,
+        from_rival: bool = False,
     ) -> Reply | None:
-        """The quota of (account, action) at arrival time ``now``: None, or the throttle."""
+        """The quota of (account, action) at arrival time ``now``: None, or the throttle.
+
+        A call of the process rival (``from_rival``) is counted in the rival's figures only."""
         account = self.config.accounts.get(key_id, key_id)
         rival = self._rival
         if rival is not None:
@@ -229,8 +252,13 @@ class Service:
                 else:
                     rival.throttled += 1
         if self._quota.admit(account, action, now):
+            if from_rival:
+                self._process_rival[0] += 1
             return None
-        self._stats.throttled += 1
+        if from_rival:
+            self._process_rival[1] += 1
+        else:
+            self._stats.throttled += 1
         headers: tuple[tuple[str, str], ...] = ()
         if self.config.retry_after:
             wait = self._quota.retry_after(account, action, now)
