@@ -39,14 +39,16 @@ QUICK = Sizes(
 )
 
 
-def child(module: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def child(
+    module: str, *args: str, env: dict[str, str] | None = None, timeout: float = CHILD_TIMEOUT
+) -> dict[str, Any]:
     """Run ``python -m benchmarks.<module> ARGS``; its last stdout line is a JSON object."""
     done = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{module}", *args],
         capture_output=True,
         text=True,
         env=env,
-        timeout=CHILD_TIMEOUT,
+        timeout=timeout,
     )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:

@@ -67,17 +67,17 @@ def official_register(
     For TLS the SDK's own ``ca`` option names the CA file. Returns the call and a function
     giving the service's error ``Code`` an SDK exception carries (None for others)."""
     try:
-        from alibabacloud_mts20140618 import models  # type: ignore[import-untyped, unused-ignore]
-        from alibabacloud_mts20140618.client import (  # type: ignore[import-untyped, unused-ignore]
+        from alibabacloud_mts20140618 import models
+        from alibabacloud_mts20140618.client import (
             Client,
         )
-        from alibabacloud_tea_openapi.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+        from alibabacloud_tea_openapi.exceptions import (
             AlibabaCloudException,
         )
-        from alibabacloud_tea_openapi.utils_models import (  # type: ignore[import-untyped, unused-ignore]
+        from alibabacloud_tea_openapi.utils_models import (
             Config,
         )
-        from darabonba.runtime import RuntimeOptions  # type: ignore[import-untyped, unused-ignore]
+        from darabonba.runtime import RuntimeOptions
     except ImportError:
         raise SystemExit(
             "Alibaba's SDK is in the bench extra: pip install 'mts-faces[bench]'"
